@@ -1,0 +1,55 @@
+"""aioamztoken: keep Amazon Ads API (Login with Amazon) tokens valid for asyncio code.
+
+One :class:`AsyncTokenManager` per application, many accounts, pluggable async stores
+and an aiohttp middleware.
+"""
+
+from __future__ import annotations
+
+from ._errors import (
+    AccountNotFoundError,
+    AmzTokenError,
+    DecryptionError,
+    EventLoopError,
+    InvalidClientError,
+    InvalidGrantError,
+    ManagerClosedError,
+    StorageError,
+    TokenEndpointError,
+    TokenRefreshError,
+)
+from ._logging import RedactingFilter
+from ._lwa import make_pkce_pair, pkce_challenge
+from ._manager import AsyncTokenManager
+from ._middleware import AdsApiMiddleware
+from ._models import AccountState, AccountStatus, Region, Token
+from .stores import DirectoryTokenStore, FileTokenStore, MemoryTokenStore, TokenStore
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AccountNotFoundError",
+    "AccountState",
+    "AccountStatus",
+    "AdsApiMiddleware",
+    "AmzTokenError",
+    "AsyncTokenManager",
+    "DecryptionError",
+    "DirectoryTokenStore",
+    "EventLoopError",
+    "FileTokenStore",
+    "InvalidClientError",
+    "InvalidGrantError",
+    "ManagerClosedError",
+    "MemoryTokenStore",
+    "RedactingFilter",
+    "Region",
+    "StorageError",
+    "Token",
+    "TokenEndpointError",
+    "TokenRefreshError",
+    "TokenStore",
+    "__version__",
+    "make_pkce_pair",
+    "pkce_challenge",
+]

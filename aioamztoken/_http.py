@@ -1,0 +1,230 @@
+"""The one place that talks HTTP to the token endpoint: pool bound, retries, error mapping."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Generator
+from typing import Any
+
+import aiohttp
+import backoff
+from backoff.types import Details
+
+from ._errors import TokenEndpointError
+from ._logging import http_logger
+from ._lwa import TOKEN_REQUEST_HEADERS, TokenRequest, parse_token_response
+from ._models import Token
+
+__all__ = ["RetryPolicy", "TokenEndpoint"]
+
+
+class RetryPolicy:
+    """How hard to try the token endpoint before giving up.
+
+    Exponential backoff with full jitter (``base * 2**n``, capped at ``cap`` seconds),
+    at most ``max_tries`` attempts within ``max_time`` seconds. A ``Retry-After`` header
+    on a 429 or 5xx answer replaces the computed wait. Only transient failures retry:
+    5xx, 429, timeouts, connection errors and unreadable 200s.
+    """
+
+    __slots__ = ("base", "cap", "max_time", "max_tries", "request_timeout")
+
+    def __init__(
+        self,
+        *,
+        max_tries: int = 8,
+        max_time: float = 30.0,
+        request_timeout: float = 10.0,
+        base: float = 0.5,
+        cap: float = 8.0,
+    ) -> None:
+        if max_tries < 1:
+            raise ValueError("max_tries must be at least 1")
+        if max_time <= 0 or request_timeout <= 0 or base < 0 or cap < 0:
+            raise ValueError("retry times must be positive")
+        self.max_tries = max_tries
+        self.max_time = max_time
+        self.request_timeout = request_timeout
+        self.base = base
+        self.cap = cap
+
+    def __repr__(self) -> str:
+        return (
+            f"RetryPolicy(max_tries={self.max_tries}, max_time={self.max_time}, "
+            f"request_timeout={self.request_timeout}, base={self.base}, cap={self.cap})"
+        )
+
+    def waits(self) -> Generator[float | None, BaseException | None, None]:
+        """The wait generator that :mod:`backoff` drives: it is sent each failure."""
+        exc = yield None
+        attempt = 0
+        while True:
+            retry_after = getattr(exc, "retry_after", None)
+            if retry_after is not None:
+                delay = float(retry_after)
+            else:
+                delay = backoff.full_jitter(min(self.cap, self.base * 2**attempt))
+            attempt += 1
+            exc = yield delay
+
+
+class TokenEndpoint:
+    """POSTs :class:`TokenRequest` objects with a bounded pool and retries.
+
+    At most ``max_concurrent`` requests are in flight at once; others queue. Requests
+    never pass through the middlewares of a user's session (``middlewares=()``), so a
+    token request can never recurse into our own middleware.
+    """
+
+    def __init__(
+        self,
+        *,
+        session: aiohttp.ClientSession | None,
+        max_concurrent: int,
+        policy: RetryPolicy,
+    ) -> None:
+        if max_concurrent < 1:
+            raise ValueError("max_concurrent_refreshes must be at least 1")
+        self._user_session = session
+        self._own_session: aiohttp.ClientSession | None = None
+        self._max_concurrent = max_concurrent
+        self._slots: asyncio.Semaphore | None = None
+        self.policy = policy
+        self.in_flight = 0
+
+    def _session(self) -> aiohttp.ClientSession:
+        if self._user_session is not None:
+            return self._user_session
+        if self._own_session is None or self._own_session.closed:
+            self._own_session = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=self.policy.request_timeout)
+            )
+        return self._own_session
+
+    async def aclose(self) -> None:
+        """Close the session this object owns; a user's session is left open."""
+        if self._own_session is not None:
+            await self._own_session.close()
+            self._own_session = None
+
+    async def request(
+        self,
+        request: TokenRequest,
+        *,
+        account_id: str,
+        previous_refresh_token: str | None = None,
+    ) -> tuple[Token, int]:
+        """Send ``request`` until it succeeds, is refused, or the budget is spent.
+
+        Returns the token and the number of attempts. Raises the typed errors of
+        :func:`parse_token_response`; a :class:`TokenEndpointError` carries the last
+        status and the attempt count.
+        """
+        attempts = 0
+
+        async def attempt() -> Token:
+            nonlocal attempts
+            attempts += 1
+            return await self._attempt(request, account_id, attempts, previous_refresh_token)
+
+        def log_backoff(details: Details) -> None:
+            exc = details.get("exception")
+            http_logger.debug(
+                "token request for account %r failed (attempt %d, status %s): retrying in %.2f s",
+                account_id,
+                details["tries"],
+                getattr(exc, "status", None),
+                details.get("wait", 0.0),
+            )
+
+        def log_giveup(details: Details) -> None:
+            http_logger.debug(
+                "token request for account %r: giving up after %d attempts in %.2f s",
+                account_id,
+                details["tries"],
+                details["elapsed"],
+            )
+
+        waits: Any = self.policy.waits  # backoff sends each failure into it
+        retrying = backoff.on_exception(
+            waits,
+            TokenEndpointError,
+            max_tries=self.policy.max_tries,
+            max_time=self.policy.max_time,
+            jitter=None,
+            on_backoff=log_backoff,
+            on_giveup=log_giveup,
+        )(attempt)
+        try:
+            token: Token = await retrying()
+        except TokenEndpointError as exc:
+            exc.attempts = attempts
+            raise
+        return token, attempts
+
+    async def _attempt(
+        self,
+        request: TokenRequest,
+        account_id: str,
+        attempt: int,
+        previous_refresh_token: str | None,
+    ) -> Token:
+        if self._slots is None:
+            self._slots = asyncio.Semaphore(self._max_concurrent)
+        async with self._slots:
+            self.in_flight += 1
+            started = time.monotonic()
+            sent_at = time.time()
+            try:
+                async with self._session().post(
+                    request.url,
+                    data=request.body,
+                    headers=TOKEN_REQUEST_HEADERS,
+                    timeout=aiohttp.ClientTimeout(total=self.policy.request_timeout),
+                    allow_redirects=False,
+                    middlewares=(),
+                ) as response:
+                    body = await response.read()
+                    status = response.status
+                    content_type = response.headers.get("Content-Type")
+                    retry_after = response.headers.get("Retry-After")
+            except asyncio.TimeoutError:
+                http_logger.debug(
+                    "token request for account %r timed out after %.1f s (attempt %d)",
+                    account_id,
+                    self.policy.request_timeout,
+                    attempt,
+                )
+                raise TokenEndpointError(
+                    f"token endpoint did not answer within {self.policy.request_timeout:g} s",
+                    status=None,
+                ) from None
+            except aiohttp.ClientError as exc:
+                http_logger.debug(
+                    "token request for account %r failed: %s (attempt %d)",
+                    account_id,
+                    type(exc).__name__,
+                    attempt,
+                )
+                raise TokenEndpointError(
+                    f"could not reach the token endpoint: {type(exc).__name__}", status=None
+                ) from exc
+            finally:
+                self.in_flight -= 1
+        http_logger.debug(
+            "token endpoint answered %d for account %r in %.0f ms (attempt %d, %s grant)",
+            status,
+            account_id,
+            (time.monotonic() - started) * 1000,
+            attempt,
+            request.grant_type,
+        )
+        return parse_token_response(
+            status,
+            body,
+            sent_at=sent_at,
+            content_type=content_type,
+            retry_after=retry_after,
+            previous_refresh_token=previous_refresh_token,
+        )

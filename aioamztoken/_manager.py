@@ -1,0 +1,773 @@
+"""``AsyncTokenManager``: the cache, single flight, background refresh and hooks."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import random
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Literal
+
+import aiohttp
+
+from ._errors import (
+    AccountNotFoundError,
+    AmzTokenError,
+    EventLoopError,
+    InvalidGrantError,
+    ManagerClosedError,
+    StorageError,
+)
+from ._http import RetryPolicy, TokenEndpoint
+from ._logging import audit_logger, logger
+from ._lwa import DEFAULT_SCOPE, authorization_url, code_request, refresh_request
+from ._models import AccountState, AccountStatus, Region, Token
+
+if TYPE_CHECKING:
+    from ._middleware import AdsApiMiddleware
+    from .stores import TokenStore
+
+__all__ = ["AsyncTokenManager"]
+
+OnRefresh = Callable[[str, Token], "Awaitable[None] | None"]
+OnRefreshError = Callable[[str, BaseException], "Awaitable[None] | None"]
+OnReauthRequired = Callable[[str], "Awaitable[None] | None"]
+
+_time = time.time
+_NEVER = float("-inf")
+
+#: While an account needs re-authorization, how often (seconds) the store is read again
+#: in case another process supplied a new refresh token.
+REAUTH_RECHECK_INTERVAL = 30.0
+
+
+def _fingerprint(secret: str) -> int:
+    return hash(("aioamztoken", secret))
+
+
+Reason = Literal["expired", "due", "background", "forced", "rejected", "loaded"]
+
+
+class _Entry:
+    """What the manager knows of one account. ``fresh_until`` is the hot path's test."""
+
+    __slots__ = (
+        "access_token",
+        "due_at",
+        "fresh_until",
+        "last_error",
+        "needs_reauth",
+        "recheck_at",
+        "rejected",
+        "timer",
+        "token",
+        "usable_until",
+    )
+
+    def __init__(self, token: Token) -> None:
+        self.token = token
+        self.access_token = token.access_token  # copied: one attribute load on the hot path
+        self.fresh_until = _NEVER
+        self.due_at = _NEVER
+        self.usable_until = _NEVER
+        self.timer: asyncio.TimerHandle | None = None
+        self.needs_reauth = False
+        self.last_error: str | None = None
+        # While re-authorization is needed: a fingerprint of the rejected refresh token, and
+        # when to look in the store again for a new one (another process may have added it).
+        self.rejected = 0
+        self.recheck_at = _NEVER
+
+
+class AsyncTokenManager:
+    """Keeps Login with Amazon access tokens valid for many accounts of one application.
+
+    Use it as ``async with AsyncTokenManager(...) as mgr:``, then ``await
+    mgr.get_access_token(account_id)`` wherever a bearer token is needed.
+
+    - A cached, fresh token costs one dict lookup and one clock read: no lock, no task.
+    - Concurrent callers for one account share one refresh (single flight); accounts
+      refresh in parallel, at most ``max_concurrent_refreshes`` token requests at once.
+    - With ``auto_refresh`` (the default) each token is refreshed in the background at
+      a jittered moment in ``[expires_at - refresh_buffer, expires_at - refresh_buffer/2]``.
+      A token inside the buffer but not about to expire is served at once while its
+      refresh runs; only callers holding an expired token wait.
+    - Transient endpoint failures retry with exponential backoff and full jitter,
+      honouring ``Retry-After``; ``invalid_grant`` marks the account as needing
+      re-authorization and later calls fail at once with :class:`InvalidGrantError`.
+    - Every new token is saved to ``store`` before any caller receives it. Where the
+      store offers a cross-process ``lock(account_id)``, refreshes take it and re-read
+      the store, so that processes sharing the store refresh once.
+
+    Concurrency: safe to share between any number of tasks on one event loop; bound to
+    the first loop that uses it (another loop gets :class:`EventLoopError`); not
+    thread-safe (use :class:`BlockingTokenManager` from threads).
+
+    ``session`` is the caller's own ``aiohttp.ClientSession``: used, never closed, and
+    its middlewares are bypassed for token requests. Without one, the manager owns a
+    session and closes it in :meth:`aclose`. Hooks may be plain functions or coroutine
+    functions; they run after the token is saved and cached, before waiting callers
+    resume, so keep them quick; one that raises is logged and ignored.
+    """
+
+    def __init__(
+        self,
+        client_id: str,
+        client_secret: str,
+        *,
+        store: TokenStore,
+        region: Region | str = "na",
+        token_url: str | None = None,
+        refresh_buffer: float = 300.0,
+        auto_refresh: bool = True,
+        session: aiohttp.ClientSession | None = None,
+        on_refresh: OnRefresh | None = None,
+        on_refresh_error: OnRefreshError | None = None,
+        on_reauth_required: OnReauthRequired | None = None,
+        max_concurrent_refreshes: int = 10,
+        max_retries: int = 8,
+        retry_budget: float = 30.0,
+        request_timeout: float = 10.0,
+        expiry_margin: float | None = None,
+        authorization_base_url: str | None = None,
+    ) -> None:
+        if not client_id or not client_secret:
+            raise ValueError("client_id and client_secret must be non-empty strings")
+        if refresh_buffer < 0:
+            raise ValueError("refresh_buffer must not be negative")
+        self.client_id = client_id
+        self._client_secret = client_secret
+        self.store = store
+        self.region = Region.parse(region)
+        self.token_url = token_url or self.region.token_url
+        self.authorization_base_url = authorization_base_url
+        self.refresh_buffer = float(refresh_buffer)
+        self.expiry_margin = (
+            min(30.0, self.refresh_buffer / 10) if expiry_margin is None else float(expiry_margin)
+        )
+        if self.expiry_margin < 0 or (
+            refresh_buffer and self.expiry_margin >= self.refresh_buffer / 2
+        ):
+            raise ValueError("expiry_margin must be between 0 and refresh_buffer / 2")
+        self.auto_refresh = auto_refresh
+        self.on_refresh = on_refresh
+        self.on_refresh_error = on_refresh_error
+        self.on_reauth_required = on_reauth_required
+        self._endpoint = TokenEndpoint(
+            session=session,
+            max_concurrent=max_concurrent_refreshes,
+            policy=RetryPolicy(
+                max_tries=max_retries, max_time=retry_budget, request_timeout=request_timeout
+            ),
+        )
+        self._entries: dict[str, _Entry] = {}
+        self._inflight: dict[str, asyncio.Task[Token]] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._closed = False
+        self._rng = random.Random()
+
+    def __repr__(self) -> str:
+        return (
+            f"<AsyncTokenManager client_id={self.client_id!r} region={self.region.value!r} "
+            f"store={self.store!r} accounts_cached={len(self._entries)}"
+            f"{' closed' if self._closed else ''}>"
+        )
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def __aenter__(self) -> AsyncTokenManager:
+        self._bind()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`aclose` has run."""
+        return self._closed
+
+    async def aclose(self) -> None:
+        """Stop every timer and background refresh, and close the session the manager owns.
+
+        Idempotent. Tokens already saved stay in the store; the in-memory cache is dropped.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        for entry in self._entries.values():
+            if entry.timer is not None:
+                entry.timer.cancel()
+                entry.timer = None
+        self._entries.clear()
+        pending = [t for t in (*self._inflight.values(), *self._tasks) if not t.done()]
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.gather(*pending, return_exceptions=True)
+        self._inflight.clear()
+        self._tasks.clear()
+        await self._endpoint.aclose()
+
+    def _bind(self) -> asyncio.AbstractEventLoop:
+        loop = asyncio.get_running_loop()
+        if self._closed:
+            raise ManagerClosedError("this AsyncTokenManager is closed; create a new one")
+        if self._loop is None:
+            self._loop = loop
+        elif self._loop is not loop:
+            raise EventLoopError(
+                "this AsyncTokenManager belongs to another event loop; create one per loop, "
+                "or use BlockingTokenManager to share one between threads"
+            )
+        return loop
+
+    # ------------------------------------------------------------------ getting tokens
+
+    async def get_access_token(self, account_id: str) -> str:
+        """A valid access token for ``account_id``, refreshing it first if it has expired.
+
+        Raises :class:`AccountNotFoundError`, :class:`InvalidGrantError` (the account
+        needs re-authorization), :class:`InvalidClientError`, :class:`TokenEndpointError`
+        or :class:`StorageError`.
+        """
+        entry = self._entries.get(account_id)
+        if entry is not None and _time() < entry.fresh_until:
+            return entry.access_token
+        return (await self._get_slow(account_id)).access_token
+
+    def cached_access_token(self, account_id: str) -> str | None:
+        """The cached access token if it is fresh, else ``None``; never waits, never does I/O.
+
+        Safe to call from any thread (a dict read and a clock read): the blocking facade
+        uses it so that a fresh token costs no thread hop.
+        """
+        entry = self._entries.get(account_id)
+        if entry is not None and _time() < entry.fresh_until:
+            return entry.access_token
+        return None
+
+    async def get_token(self, account_id: str) -> Token:
+        """Like :meth:`get_access_token`, returning the whole :class:`Token`."""
+        entry = self._entries.get(account_id)
+        if entry is not None and _time() < entry.fresh_until:
+            return entry.token
+        return await self._get_slow(account_id)
+
+    async def _get_slow(self, account_id: str) -> Token:
+        self._bind()
+        entry = self._entries.get(account_id)
+        if entry is not None and entry.needs_reauth:
+            entry = await self._recheck_reauth(account_id, entry)
+        if entry is None:
+            return await self._join(account_id, stale=None, force=False, reason="loaded")
+        now = _time()
+        if now < entry.usable_until:
+            # Due but valid: serve it now; the refresh runs without anyone waiting for it.
+            if now >= entry.fresh_until and account_id not in self._inflight:
+                self._start(account_id, entry.token.access_token, force=False, reason="due")
+            return entry.token
+        return await self._join(
+            account_id, stale=entry.token.access_token, force=False, reason="expired"
+        )
+
+    async def refresh(self, account_id: str) -> Token:
+        """Refresh now, whatever the token's expiry. Concurrent calls share one request."""
+        self._bind()
+        entry = self._entries.get(account_id)
+        if entry is not None and entry.needs_reauth:
+            entry = await self._recheck_reauth(account_id, entry)
+        stale = entry.token.access_token if entry is not None else None
+        return await self._join(account_id, stale=stale, force=True, reason="forced")
+
+    async def refresh_if_current(self, account_id: str, rejected_access_token: str) -> Token:
+        """Compare-and-refresh after the Ads API rejected ``rejected_access_token`` (a 401).
+
+        Refreshes only if the rejected token is still the current one; otherwise the
+        newer token is returned at once. Any number of concurrent calls for one rejected
+        token cause at most one refresh.
+        """
+        self._bind()
+        entry = self._entries.get(account_id)
+        if entry is not None and entry.needs_reauth:
+            entry = await self._recheck_reauth(account_id, entry)
+        if (
+            entry is not None
+            and entry.token.access_token != rejected_access_token
+            and _time() < entry.usable_until
+        ):
+            return entry.token
+        return await self._join(
+            account_id, stale=rejected_access_token, force=False, reason="rejected"
+        )
+
+    async def _join(
+        self, account_id: str, *, stale: str | None, force: bool, reason: Reason
+    ) -> Token:
+        task = self._inflight.get(account_id)
+        if task is None:
+            task = self._start(account_id, stale, force=force, reason=reason)
+        # shield: a cancelled caller must not cancel the refresh others share.
+        return await asyncio.shield(task)
+
+    def _start(
+        self, account_id: str, stale: str | None, *, force: bool, reason: Reason
+    ) -> asyncio.Task[Token]:
+        loop = self._loop
+        assert loop is not None
+        task = loop.create_task(
+            self._run_refresh(account_id, stale, force, reason),
+            name=f"aioamztoken-refresh:{account_id}",
+        )
+        self._inflight[account_id] = task
+        task.add_done_callback(lambda t: self._refresh_done(account_id, t))
+        return task
+
+    def _refresh_done(self, account_id: str, task: asyncio.Task[Token]) -> None:
+        if self._inflight.get(account_id) is task:
+            del self._inflight[account_id]
+        if not task.cancelled():
+            task.exception()  # retrieved here so an unwatched failure is never reported twice
+
+    # ------------------------------------------------------------------ the refresh
+
+    async def _run_refresh(
+        self, account_id: str, stale: str | None, force: bool, reason: Reason
+    ) -> Token:
+        started = time.monotonic()
+        try:
+            token, attempts = await self._obtain(account_id, stale, force)
+        except asyncio.CancelledError:
+            raise
+        except InvalidGrantError as exc:
+            exc.account_id = account_id
+            entry = self._entries.get(account_id)
+            if entry is not None:
+                entry.last_error = f"{type(exc).__name__}: {exc}"
+            self._audit("refresh", account_id, "needs-reauth", started, None, reason)
+            await self._hook("on_refresh_error", self.on_refresh_error, account_id, exc)
+            await self._hook("on_reauth_required", self.on_reauth_required, account_id)
+            raise
+        except AmzTokenError as exc:
+            self._note_failure(account_id, exc)
+            self._audit(
+                "refresh",
+                account_id,
+                f"failed ({type(exc).__name__})",
+                started,
+                getattr(exc, "attempts", None),
+                reason,
+            )
+            await self._hook("on_refresh_error", self.on_refresh_error, account_id, exc)
+            raise
+        if attempts == 0:
+            # Another process (or an earlier run) had already stored a usable token.
+            self._install(account_id, token, lifetime=None)
+            return token
+        self._install(account_id, token, lifetime=token.expires_at - _time())
+        self._audit("refresh", account_id, "ok", started, attempts, reason)
+        await self._hook("on_refresh", self.on_refresh, account_id, token)
+        return token
+
+    async def _obtain(self, account_id: str, stale: str | None, force: bool) -> tuple[Token, int]:
+        """The token to use, and how many token requests it took (0: read from the store)."""
+        if not force:
+            stored = await self._load(account_id)
+            if stored is None:
+                raise AccountNotFoundError(account_id)
+            if self._adoptable(stored, stale):
+                return stored, 0
+        async with self._store_lock(account_id):
+            # Re-read inside the lock: another process may have refreshed meanwhile.
+            stored = await self._load(account_id)
+            if stored is None:
+                raise AccountNotFoundError(account_id)
+            if not force and self._adoptable(stored, stale):
+                return stored, 0
+            try:
+                token, attempts = await self._endpoint.request(
+                    refresh_request(
+                        self.token_url, self.client_id, self._client_secret, stored.refresh_token
+                    ),
+                    account_id=account_id,
+                    previous_refresh_token=stored.refresh_token,
+                )
+            except InvalidGrantError:
+                self._mark_reauth(account_id, _fingerprint(stored.refresh_token))
+                raise
+            await self._save(account_id, token)
+        return token, attempts
+
+    def _adoptable(self, stored: Token, stale: str | None) -> bool:
+        return stored.access_token != stale and not stored.is_expired(self.expiry_margin)
+
+    @contextlib.asynccontextmanager
+    async def _store_lock(self, account_id: str) -> AsyncIterator[None]:
+        lock = getattr(self.store, "lock", None)
+        if lock is None:
+            yield
+            return
+        try:
+            cm = lock(account_id)
+            await cm.__aenter__()
+        except AmzTokenError:
+            raise
+        except Exception as exc:
+            raise StorageError(
+                f"could not take the store's lock for account {account_id!r}: {type(exc).__name__}",
+                location=repr(self.store),
+            ) from exc
+        try:
+            yield
+        except BaseException as exc:
+            if not await cm.__aexit__(type(exc), exc, exc.__traceback__):
+                raise
+        else:
+            await cm.__aexit__(None, None, None)
+
+    async def _load(self, account_id: str) -> Token | None:
+        try:
+            return await self.store.load(account_id)
+        except AmzTokenError:
+            raise
+        except Exception as exc:
+            raise StorageError(
+                f"store failed to load account {account_id!r}: {type(exc).__name__}",
+                location=repr(self.store),
+            ) from exc
+
+    async def _save(self, account_id: str, token: Token) -> None:
+        try:
+            await self.store.save(account_id, token)
+        except AmzTokenError:
+            raise
+        except Exception as exc:
+            raise StorageError(
+                f"store failed to save account {account_id!r}: {type(exc).__name__}",
+                location=repr(self.store),
+            ) from exc
+
+    # ------------------------------------------------------------------ cache and timers
+
+    def _install(self, account_id: str, token: Token, *, lifetime: float | None) -> _Entry:
+        """Cache ``token`` and schedule its background refresh."""
+        entry = self._entries.get(account_id)
+        if entry is None:
+            entry = self._entries[account_id] = _Entry(token)
+        elif entry.timer is not None:
+            entry.timer.cancel()
+            entry.timer = None
+        entry.token = token
+        entry.access_token = token.access_token
+        entry.needs_reauth = False
+        entry.last_error = None
+        buffer = self.refresh_buffer
+        if lifetime is not None and lifetime > 0:
+            # A token that lives less than twice the buffer would be due on arrival.
+            buffer = min(buffer, lifetime / 2)
+        margin = min(self.expiry_margin, buffer / 4)
+        if not token.access_token:
+            entry.fresh_until = entry.due_at = entry.usable_until = _NEVER
+            return entry
+        entry.due_at = token.expires_at - buffer
+        entry.usable_until = token.expires_at - margin
+        if not self.auto_refresh:
+            entry.fresh_until = entry.due_at
+            return entry
+        now = _time()
+        if now < entry.due_at:
+            # A jittered moment in [expires_at - buffer, expires_at - buffer/2].
+            refresh_at = entry.due_at + self._rng.uniform(0.0, buffer / 2)
+        else:
+            # Already due when it arrived (read from a store late): refresh it soon, with a
+            # little jitter so that many such accounts do not fire at one instant.
+            refresh_at = now + self._rng.uniform(
+                0.0, min(1.0, max(0.0, entry.usable_until - now) / 2)
+            )
+        entry.fresh_until = refresh_at
+        self._schedule(account_id, entry, refresh_at - now)
+        return entry
+
+    def _schedule(self, account_id: str, entry: _Entry, delay: float) -> None:
+        loop = self._loop
+        if loop is None or self._closed or not self.auto_refresh:
+            return
+        if entry.timer is not None:
+            entry.timer.cancel()
+        entry.timer = loop.call_at(loop.time() + max(0.0, delay), self._on_timer, account_id)
+
+    def _on_timer(self, account_id: str) -> None:
+        entry = self._entries.get(account_id)
+        if entry is None or self._closed:
+            return
+        entry.timer = None
+        if entry.needs_reauth or account_id in self._inflight:
+            return
+        self._start(account_id, entry.token.access_token, force=False, reason="background")
+
+    def _note_failure(self, account_id: str, exc: AmzTokenError) -> None:
+        entry = self._entries.get(account_id)
+        if entry is None:
+            return
+        entry.last_error = f"{type(exc).__name__}: {exc}"
+        now = _time()
+        if now < entry.usable_until:
+            # Still valid: keep serving it, and try again in a while (sooner as expiry nears).
+            left = entry.usable_until - now
+            delay = max(0.5, min(60.0, left / 3)) * self._rng.uniform(0.5, 1.0)
+            entry.fresh_until = now + delay
+            self._schedule(account_id, entry, delay)
+
+    def _mark_reauth(self, account_id: str, fingerprint: int) -> None:
+        entry = self._entries.get(account_id)
+        if entry is None:
+            entry = self._entries[account_id] = _Entry(Token("", "-", 0.0))
+        if entry.timer is not None:
+            entry.timer.cancel()
+            entry.timer = None
+        entry.needs_reauth = True
+        entry.rejected = fingerprint
+        entry.recheck_at = _time() + REAUTH_RECHECK_INTERVAL
+        entry.fresh_until = entry.due_at = entry.usable_until = _NEVER
+
+    async def _recheck_reauth(self, account_id: str, entry: _Entry) -> _Entry | None:
+        """Raise for an account that needs re-authorization, unless the store now holds a
+        new refresh token (another process ran ``login`` or ``add``): then forget the state.
+
+        The store is looked at no more than every ``REAUTH_RECHECK_INTERVAL`` seconds.
+        """
+        now = _time()
+        if now >= entry.recheck_at:
+            entry.recheck_at = now + REAUTH_RECHECK_INTERVAL
+            stored = await self._load(account_id)
+            if stored is not None and _fingerprint(stored.refresh_token) != entry.rejected:
+                self._forget(account_id)
+                return None
+        raise self._reauth_error(account_id)
+
+    def _reauth_error(self, account_id: str) -> InvalidGrantError:
+        return InvalidGrantError(
+            f"account {account_id!r} needs re-authorization: its refresh token was rejected; "
+            "supply a new one with add_account() or exchange_code()",
+            error="invalid_grant",
+            account_id=account_id,
+        )
+
+    def _forget(self, account_id: str) -> None:
+        entry = self._entries.pop(account_id, None)
+        if entry is not None and entry.timer is not None:
+            entry.timer.cancel()
+
+    async def _settle(self, account_id: str) -> None:
+        """Wait for an in-flight refresh of ``account_id`` to end, whatever its outcome."""
+        task = self._inflight.get(account_id)
+        if task is not None:
+            await asyncio.wait([task])
+
+    # ------------------------------------------------------------------ hooks and logs
+
+    async def _hook(self, name: str, hook: Callable[..., Any] | None, *args: Any) -> None:
+        if hook is None:
+            return
+        try:
+            result = hook(*args)
+            if inspect.isawaitable(result):
+                await result
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            logger.error(
+                "%s hook raised %s for account %r; ignored", name, type(exc).__name__, args[0]
+            )
+
+    @staticmethod
+    def _audit(
+        event: str,
+        account_id: str,
+        outcome: str,
+        started: float,
+        attempts: int | None,
+        reason: str,
+    ) -> None:
+        audit_logger.info(
+            "%s account=%r outcome=%s duration_ms=%.0f attempts=%s reason=%s",
+            event,
+            account_id,
+            outcome,
+            (time.monotonic() - started) * 1000,
+            attempts if attempts is not None else "-",
+            reason,
+        )
+
+    # ------------------------------------------------------------------ accounts
+
+    def authorization_url(
+        self,
+        *,
+        redirect_uri: str,
+        state: str,
+        scope: str = DEFAULT_SCOPE,
+        code_challenge: str | None = None,
+    ) -> str:
+        """The consent URL to send a user to (the region's host), with ``state`` and PKCE.
+
+        Make the pair with :func:`aioamztoken.make_pkce_pair`; keep the verifier for
+        :meth:`exchange_code`. ``state`` must be unguessable and checked on return.
+        """
+        return authorization_url(
+            self.region,
+            self.client_id,
+            redirect_uri=redirect_uri,
+            state=state,
+            scope=scope,
+            code_challenge=code_challenge,
+            base_url=self.authorization_base_url,
+        )
+
+    async def exchange_code(
+        self,
+        account_id: str,
+        code: str,
+        *,
+        redirect_uri: str,
+        code_verifier: str | None = None,
+    ) -> Token:
+        """Trade an authorization code for the account's first tokens, and store them.
+
+        Clears a needs-re-authorization state. Raises :class:`InvalidGrantError` for a
+        used, expired or mismatched code.
+        """
+        self._bind()
+        started = time.monotonic()
+        try:
+            token, attempts = await self._endpoint.request(
+                code_request(
+                    self.token_url,
+                    self.client_id,
+                    self._client_secret,
+                    code,
+                    redirect_uri,
+                    code_verifier,
+                ),
+                account_id=account_id,
+            )
+            await self._settle(account_id)
+            async with self._store_lock(account_id):
+                await self._save(account_id, token)
+            self._forget(account_id)
+        except AmzTokenError as exc:
+            self._audit(
+                "code-exchange",
+                account_id,
+                f"failed ({type(exc).__name__})",
+                started,
+                getattr(exc, "attempts", None),
+                "authorization_code",
+            )
+            raise
+        self._install(account_id, token, lifetime=token.expires_at - _time())
+        self._audit("code-exchange", account_id, "ok", started, attempts, "authorization_code")
+        return token
+
+    async def add_account(self, account_id: str, refresh_token: str) -> None:
+        """Store ``refresh_token`` for ``account_id``; the first use fetches an access token.
+
+        Makes no network call. Replaces whatever the account had and clears a
+        needs-re-authorization state.
+        """
+        if not account_id:
+            raise ValueError("account_id must be a non-empty string")
+        if not refresh_token or not refresh_token.strip():
+            raise ValueError("refresh_token must be a non-empty string")
+        self._bind()
+        await self._settle(account_id)
+        async with self._store_lock(account_id):
+            await self._save(account_id, Token("", refresh_token.strip(), 0.0))
+        self._forget(account_id)
+        audit_logger.info("add-account account=%r outcome=ok", account_id)
+
+    async def remove_account(self, account_id: str) -> None:
+        """Forget ``account_id`` here and in the store. Raises :class:`AccountNotFoundError`."""
+        self._bind()
+        await self._settle(account_id)
+        known = account_id in self._entries or await self._load(account_id) is not None
+        self._forget(account_id)
+        if not known:
+            raise AccountNotFoundError(account_id)
+        try:
+            await self.store.delete(account_id)
+        except AmzTokenError:
+            raise
+        except Exception as exc:
+            raise StorageError(
+                f"store failed to delete account {account_id!r}: {type(exc).__name__}",
+                location=repr(self.store),
+            ) from exc
+        audit_logger.info("remove-account account=%r outcome=ok", account_id)
+
+    async def accounts(self) -> list[str]:
+        """The account ids in the store, sorted."""
+        try:
+            return sorted(await self.store.accounts())
+        except AmzTokenError:
+            raise
+        except Exception as exc:
+            raise StorageError(
+                f"store failed to list accounts: {type(exc).__name__}", location=repr(self.store)
+            ) from exc
+
+    async def status(self, account_id: str) -> AccountStatus:
+        """Where ``account_id`` stands: fresh, due, expired or needs-reauth, with its expiry.
+
+        Reads the store when the account is not cached. Raises :class:`AccountNotFoundError`.
+        """
+        self._bind()
+        entry = self._entries.get(account_id)
+        refreshing = account_id in self._inflight
+        if entry is not None and entry.needs_reauth:
+            return AccountStatus(
+                account_id, AccountState.NEEDS_REAUTH, None, refreshing, entry.last_error
+            )
+        if entry is not None:
+            token = entry.token
+            due_at, usable_until = entry.due_at, entry.usable_until
+            last_error = entry.last_error
+        else:
+            stored = await self._load(account_id)
+            if stored is None:
+                raise AccountNotFoundError(account_id)
+            token, last_error = stored, None
+            due_at = stored.expires_at - self.refresh_buffer
+            usable_until = stored.expires_at - self.expiry_margin
+        now = _time()
+        if not token.access_token or now >= usable_until:
+            state = AccountState.EXPIRED
+        elif now >= due_at:
+            state = AccountState.DUE
+        else:
+            state = AccountState.FRESH
+        expires_at = token.expires_at if token.access_token else None
+        return AccountStatus(account_id, state, expires_at, refreshing, last_error)
+
+    # ------------------------------------------------------------------ aiohttp integration
+
+    def middleware(
+        self,
+        account_id: str,
+        *,
+        profile_id: str | int | None = None,
+        origins: list[str] | tuple[str, ...] | None = None,
+    ) -> AdsApiMiddleware:
+        """An aiohttp client middleware that signs Ads API requests for ``account_id``."""
+        from ._middleware import AdsApiMiddleware
+
+        return AdsApiMiddleware(self, account_id, profile_id=profile_id, origins=origins)

@@ -1,0 +1,171 @@
+"""Plain data: tokens, regions and account status. Secrets are kept out of every repr."""
+
+from __future__ import annotations
+
+import enum
+import time
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+__all__ = ["AccountState", "AccountStatus", "Region", "Token"]
+
+
+class Region(str, enum.Enum):
+    """An Amazon Ads region: ``"na"``, ``"eu"`` or ``"fe"``.
+
+    Each knows its Login with Amazon token URL, its consent (authorization) URL and its
+    Ads API host. Tokens from any region's endpoint work in every region.
+    """
+
+    NA = "na"
+    EU = "eu"
+    FE = "fe"
+
+    @property
+    def token_url(self) -> str:
+        """The LwA token endpoint of this region."""
+        return _REGION_URLS[self][0]
+
+    @property
+    def authorization_url(self) -> str:
+        """The consent page the user is sent to in the authorization code flow."""
+        return _REGION_URLS[self][1]
+
+    @property
+    def api_host(self) -> str:
+        """The Ads API origin of this region, e.g. ``https://advertising-api.amazon.com``."""
+        return _REGION_URLS[self][2]
+
+    @classmethod
+    def parse(cls, value: Region | str) -> Region:
+        """Return the region named by ``value`` (case-insensitive); raise ``ValueError`` if none."""
+        if isinstance(value, Region):
+            return value
+        try:
+            return cls(str(value).strip().lower())
+        except ValueError:
+            names = ", ".join(repr(r.value) for r in cls)
+            raise ValueError(f"unknown region {value!r}: expected one of {names}") from None
+
+    def __str__(self) -> str:
+        return self.value
+
+
+_REGION_URLS: dict[Region, tuple[str, str, str]] = {
+    Region.NA: (
+        "https://api.amazon.com/auth/o2/token",
+        "https://www.amazon.com/ap/oa",
+        "https://advertising-api.amazon.com",
+    ),
+    Region.EU: (
+        "https://api.amazon.co.uk/auth/o2/token",
+        "https://eu.account.amazon.com/ap/oa",
+        "https://advertising-api-eu.amazon.com",
+    ),
+    Region.FE: (
+        "https://api.amazon.co.jp/auth/o2/token",
+        "https://apac.account.amazon.com/ap/oa",
+        "https://advertising-api-fe.amazon.com",
+    ),
+}
+
+#: The Ads API origins the middleware sends tokens to by default (sandbox included).
+ADS_API_ORIGINS: tuple[str, ...] = (
+    "https://advertising-api.amazon.com",
+    "https://advertising-api-eu.amazon.com",
+    "https://advertising-api-fe.amazon.com",
+    "https://advertising-api-test.amazon.com",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Token:
+    """An access token with the refresh token that renews it.
+
+    ``expires_at`` is wall-clock POSIX seconds. ``repr()`` and ``str()`` never show
+    either token. A token whose ``access_token`` is empty has never been fetched
+    (``add_account`` stores one like that) and is refreshed on first use.
+    """
+
+    access_token: str = field(repr=False)
+    refresh_token: str = field(repr=False)
+    expires_at: float
+    token_type: str = "bearer"
+    scope: str | None = None
+
+    def expires_in(self, now: float | None = None) -> float:
+        """Seconds until expiry (negative once expired)."""
+        return self.expires_at - (time.time() if now is None else now)
+
+    def is_expired(self, margin: float = 0.0, now: float | None = None) -> bool:
+        """True when fewer than ``margin`` seconds are left, or no access token is held."""
+        return not self.access_token or self.expires_in(now) <= margin
+
+    def with_refresh_token(self, refresh_token: str) -> Token:
+        """A copy holding ``refresh_token``."""
+        return replace(self, refresh_token=refresh_token)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON-ready form the stores persist (it holds secrets: keep it private)."""
+        return {
+            "access_token": self.access_token,
+            "refresh_token": self.refresh_token,
+            "expires_at": self.expires_at,
+            "token_type": self.token_type,
+            "scope": self.scope,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Any) -> Token:
+        """Build a token from :meth:`to_dict` output; raise ``ValueError`` on anything else."""
+        if not isinstance(data, dict):
+            raise ValueError("a token record must be a JSON object")
+        access = data.get("access_token")
+        refresh = data.get("refresh_token")
+        expires_at = data.get("expires_at")
+        token_type = data.get("token_type", "bearer")
+        scope = data.get("scope")
+        if not isinstance(access, str) or not isinstance(refresh, str) or not refresh:
+            raise ValueError("a token record needs string access_token and refresh_token")
+        if isinstance(expires_at, bool) or not isinstance(expires_at, (int, float)):
+            raise ValueError("a token record needs a numeric expires_at")
+        if expires_at != expires_at or expires_at in (float("inf"), float("-inf")):
+            raise ValueError("a token record needs a finite expires_at")
+        if not isinstance(token_type, str) or not (scope is None or isinstance(scope, str)):
+            raise ValueError("token_type and scope must be strings")
+        return cls(access, refresh, float(expires_at), token_type, scope)
+
+
+class AccountState(str, enum.Enum):
+    """Where an account's token stands."""
+
+    FRESH = "fresh"
+    """Valid and outside the refresh buffer."""
+    DUE = "due"
+    """Valid, inside the refresh buffer: served at once, refreshed in the background."""
+    EXPIRED = "expired"
+    """Expired, or never fetched: the next caller waits for a refresh."""
+    NEEDS_REAUTH = "needs-reauth"
+    """The refresh token was rejected (``invalid_grant``): authorize the account again."""
+
+    def __str__(self) -> str:
+        return self.value
+
+
+@dataclass(frozen=True, slots=True)
+class AccountStatus:
+    """What :meth:`AsyncTokenManager.status` reports for one account."""
+
+    account_id: str
+    state: AccountState
+    expires_at: float | None
+    """Wall-clock POSIX seconds, or ``None`` when no access token has been fetched."""
+    refreshing: bool = False
+    """A refresh is in flight right now."""
+    last_error: str | None = None
+    """The type and message of the last failed refresh, if the last attempt failed."""
+
+    @property
+    def expires_in(self) -> float | None:
+        """Seconds until expiry, or ``None``."""
+        return None if self.expires_at is None else self.expires_at - time.time()

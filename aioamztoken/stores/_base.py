@@ -1,0 +1,69 @@
+"""The store protocols, and the account-id rule every store applies."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Protocol, runtime_checkable
+
+from .._models import Token
+
+__all__ = ["LockingTokenStore", "TokenStore", "validate_account_id"]
+
+
+@runtime_checkable
+class TokenStore(Protocol):
+    """Where tokens live between runs. Write your own by implementing these four coroutines.
+
+    Account ids are non-empty strings. ``save`` must be atomic: a reader sees the old
+    record or the new one, never a torn one. Data the store cannot read must raise
+    :class:`~aioamztoken.StorageError` and must never be overwritten or deleted.
+    """
+
+    async def load(self, account_id: str) -> Token | None:
+        """The stored token of ``account_id``, or ``None`` if the account is absent."""
+        ...
+
+    async def save(self, account_id: str, token: Token) -> None:
+        """Store ``token`` for ``account_id``, replacing any previous one, atomically."""
+        ...
+
+    async def delete(self, account_id: str) -> None:
+        """Forget ``account_id``. Deleting an absent account is not an error."""
+        ...
+
+    async def accounts(self) -> list[str]:
+        """Every stored account id, sorted."""
+        ...
+
+
+@runtime_checkable
+class LockingTokenStore(TokenStore, Protocol):
+    """A store that also offers a per-account lock shared by every process using it.
+
+    The token manager holds ``lock(account_id)`` around a refresh and re-reads the store
+    inside it, so that processes sharing the store refresh an account once.
+    """
+
+    def lock(self, account_id: str) -> contextlib.AbstractAsyncContextManager[None]:
+        """An async context manager holding the lock of ``account_id`` (not re-entrant).
+
+        ``save``/``load``/``delete`` never take it, so they may be called inside it.
+        """
+        ...
+
+
+def validate_account_id(account_id: str) -> str:
+    """Return ``account_id`` if every store can keep it.
+
+    Raises ``TypeError`` for a non-string and ``ValueError`` for the empty string or a
+    string that cannot be encoded as UTF-8 (lone surrogates).
+    """
+    if not isinstance(account_id, str):
+        raise TypeError(f"an account id must be a str, not {type(account_id).__name__}")
+    if not account_id:
+        raise ValueError("an account id must not be empty")
+    try:
+        account_id.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("an account id must be valid Unicode (no lone surrogates)") from None
+    return account_id
