@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 import aioamztoken.stores
@@ -30,7 +30,14 @@ from aioamztoken.stores import (
     MemoryTokenStore,
     TokenStore,
 )
-from aioamztoken.stores._codec import decode_name, encode_account, encode_file, encode_name
+from aioamztoken.stores._codec import (
+    MAX_NAME,
+    decode_name,
+    encode_account,
+    encode_file,
+    encode_name,
+)
+from aioamztoken.stores._locks import lock_file
 
 ACCESS = "Atza|SECRET-ACCESS-VALUE"
 REFRESH = "Atzr|SECRET-REFRESH-VALUE"
@@ -221,6 +228,7 @@ async def test_a_directory_store_refuses_ids_too_long_for_a_file_name(tmp_path: 
 @settings(max_examples=300)
 @given(st.text(min_size=1, max_size=60))
 def test_file_names_decode_back_to_their_account_id(account_id: str) -> None:
+    assume(len(account_id.encode("utf-8")) * 3 <= MAX_NAME)  # longer: ValueError, tested apart
     name = encode_name(account_id)
     assert decode_name(name) == account_id
     assert name not in ("", ".", "..")
@@ -662,6 +670,36 @@ async def test_saves_can_run_inside_the_lock_of_their_account(store: Store) -> N
         await store.save("a", TOKEN)
         assert await store.load("a") == TOKEN
         await store.delete("a")
+
+
+async def test_a_save_cancelled_while_queued_is_dropped_and_one_being_written_finishes(
+    tmp_path: Path,
+) -> None:
+    store = FileTokenStore(tmp_path / "t.json")
+    async with lock_file(tmp_path / ".t.json.locks" / "file.lock"):  # as another process would
+        first = asyncio.create_task(store.save("first", TOKEN))
+        await asyncio.sleep(0.05)  # its write has begun: it waits for the file lock
+        second = asyncio.create_task(store.save("second", TOKEN))
+        await asyncio.sleep(0.05)  # queued behind the first
+        first.cancel()
+        second.cancel()
+        await asyncio.sleep(0.05)
+        assert second.cancelled()
+        assert not first.done()  # a cancelled caller does not return while its write runs
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    assert await store.accounts() == ["first"]
+
+
+async def test_concurrent_saves_into_an_unreadable_file_all_raise(tmp_path: Path) -> None:
+    path = tmp_path / "t.json"
+    path.write_bytes(b"{oops")
+    store = FileTokenStore(path)
+    results = await asyncio.gather(
+        *(store.save(f"a{n}", token(n)) for n in range(50)), return_exceptions=True
+    )
+    assert all(isinstance(result, StorageError) for result in results)
+    assert path.read_bytes() == b"{oops"
 
 
 # ------------------------------------------------------------------------------ scale

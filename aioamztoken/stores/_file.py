@@ -2,20 +2,34 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import os
+from typing import TypeAlias
 
 from .._models import Token
 from ._base import validate_account_id
 from ._codec import decode_file, encode_file, lock_name
-from ._fs import atomic_write, read_bytes, resolve_path, run_sync
-from ._locks import LockFiles
+from ._fs import atomic_write, read_bytes, resolve_path, run_sync, wait_despite_cancellation
+from ._locks import LockFiles, lock_file
 
 __all__ = ["FileTokenStore"]
 
-# Lock name of the whole file, taken around every read-modify-write. Never a lock_name().
-_WRITE_LOCK = "file"
+# A queued change: the new token (None: delete), and an object owned by the call making it.
+_Change: TypeAlias = "tuple[Token | None, object]"
+
+
+class _Batch:
+    """Changes queued while the file is being written, to be written together next."""
+
+    __slots__ = ("changes", "written")
+
+    def __init__(self) -> None:
+        self.changes: dict[str, _Change] = {}
+        self.written: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        # Read the outcome even if every caller was cancelled: no "never retrieved" noise.
+        self.written.add_done_callback(lambda f: f.cancelled() or f.exception())
 
 
 class FileTokenStore:
@@ -30,23 +44,26 @@ class FileTokenStore:
     ``~`` is expanded; missing parent directories are created with mode 0700 on the first
     write, and a missing file is an empty store. Every write replaces the file atomically
     (write a temporary file, fsync, rename), so readers take no lock and a crash never
-    leaves a torn file. ``save`` and ``delete`` read, modify and write the file under an
-    exclusive ``flock`` on ``.<name>.locks/file.lock`` next to it, so concurrent writers in
-    any number of processes lose no update. ``lock(account_id)`` is a per-account lock in
-    the same directory, shared across processes.
+    leaves a torn file. Writes read, modify and write the file under an exclusive ``flock``
+    on ``.<name>.locks/file.lock`` next to it, so concurrent writers in any number of
+    processes lose no update. ``lock(account_id)`` is a per-account lock in the same
+    directory, shared across processes.
 
     A file that cannot be read (not JSON, wrong shape, an invalid record) makes every
     method raise :class:`~aioamztoken.StorageError`, and it is never overwritten.
 
-    Cost: each call reads the whole file and each write rewrites it, so it suits up to a
-    few ten thousand accounts; beyond, prefer :class:`DirectoryTokenStore`. Safe to share
-    between tasks on one event loop (writes from one instance queue up in order, using one
-    worker thread at a time) and between processes; not thread-safe.
+    Cost: each call reads the whole file and each write rewrites it. Saves and deletes
+    made while a write is under way are queued and written together by the next one, so
+    1,000 concurrent saves cost a few writes and one worker thread. A save cancelled while
+    queued is dropped; one cancelled while being written finishes first. Safe to share
+    between tasks on one event loop and between processes; not thread-safe.
     """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self._path = resolve_path(path)
         self._locks = LockFiles(self._path.with_name(f".{self._path.name}.locks"))
+        self._queued: _Batch | None = None
+        self._writer: asyncio.Task[None] | None = None
 
     @property
     def path(self) -> str:
@@ -73,17 +90,14 @@ class FileTokenStore:
 
         Raises StorageError, leaving the file as it was, if it cannot be read or written.
         """
-        validate_account_id(account_id)
-        async with self._locks.hold(_WRITE_LOCK):
-            await run_sync(functools.partial(self._update, account_id, token))
+        await self._change(validate_account_id(account_id), token)
 
     async def delete(self, account_id: str) -> None:
         """Remove ``account_id`` (absent: nothing happens). Raises StorageError like ``save``."""
         validate_account_id(account_id)
-        if account_id not in await run_sync(self._read):
-            return  # nothing to write, no lock to take: the account was absent then
-        async with self._locks.hold(_WRITE_LOCK):
-            await run_sync(functools.partial(self._update, account_id, None))
+        if account_id in await run_sync(self._read):
+            await self._change(account_id, None)
+        # else: absent when read, so there is nothing to write and no lock to take
 
     def lock(self, account_id: str) -> contextlib.AbstractAsyncContextManager[None]:
         """The lock of ``account_id``, shared by every process using this file.
@@ -97,11 +111,51 @@ class FileTokenStore:
         data = read_bytes(self._path)
         return {} if data is None else decode_file(data, str(self._path))
 
-    def _update(self, account_id: str, token: Token | None) -> None:
-        # Runs under the write lock: nothing can change the file between read and write.
+    async def _change(self, account_id: str, token: Token | None) -> None:
+        batch = self._queued
+        if batch is None:
+            batch = self._queued = _Batch()
+        change: _Change = (token, object())
+        batch.changes[account_id] = change
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.create_task(self._write_queued())
+        try:
+            await asyncio.shield(batch.written)
+        except asyncio.CancelledError:
+            if batch is self._queued:  # not being written yet: withdraw the change
+                if batch.changes.get(account_id) is change:
+                    del batch.changes[account_id]
+            else:  # being written: the caller's locks must outlast the write
+                await wait_despite_cancellation(batch.written)
+            raise
+
+    async def _write_queued(self) -> None:
+        # The one writer task of this store: callers' cancellations never reach it.
+        while (batch := self._queued) is not None:
+            self._queued = None
+            try:
+                if batch.changes:
+                    async with lock_file(self._locks.directory / "file.lock"):
+                        await run_sync(functools.partial(self._apply, batch.changes))
+            except asyncio.CancelledError:  # the event loop is shutting down
+                batch.written.cancel()
+                if self._queued is not None:
+                    self._queued.written.cancel()
+                    self._queued = None
+                raise
+            except Exception as exc:
+                batch.written.set_exception(exc)
+            else:
+                batch.written.set_result(None)
+
+    def _apply(self, changes: dict[str, _Change]) -> None:
+        # Runs under the file lock: nothing can change the file between read and write.
         accounts = self._read()
-        if token is not None:
-            accounts[account_id] = token
-        elif accounts.pop(account_id, None) is None:
-            return
-        atomic_write(self._path, encode_file(accounts))
+        before = dict(accounts)
+        for account_id, (token, _) in changes.items():
+            if token is None:
+                accounts.pop(account_id, None)
+            else:
+                accounts[account_id] = token
+        if accounts != before:
+            atomic_write(self._path, encode_file(accounts))

@@ -13,7 +13,7 @@ import os
 import secrets
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import anyio.to_thread
 
@@ -28,6 +28,7 @@ __all__ = [
     "remove",
     "resolve_path",
     "run_sync",
+    "wait_despite_cancellation",
 ]
 
 T = TypeVar("T")
@@ -47,12 +48,21 @@ async def run_sync(func: Callable[[], T]) -> T:
     try:
         return await asyncio.shield(task)
     except asyncio.CancelledError:
-        while not task.done():
-            with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.wait([task])
-        if not task.cancelled():
-            task.exception()  # retrieved: the caller's cancellation is what matters now
+        await wait_despite_cancellation(task)
         raise
+
+
+async def wait_despite_cancellation(future: asyncio.Future[Any]) -> None:
+    """Wait until ``future`` is done, ignoring cancellation; its outcome is left unread.
+
+    For a caller already cancelled that must not return (and release its locks) while
+    work it started is still running. The caller re-raises its ``CancelledError`` after.
+    """
+    while not future.done():
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.wait([future])
+    if not future.cancelled():
+        future.exception()  # marked as retrieved: the caller's cancellation wins
 
 
 def resolve_path(path: str | os.PathLike[str]) -> Path:

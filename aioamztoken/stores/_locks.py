@@ -16,7 +16,7 @@ from pathlib import Path
 from .._errors import StorageError
 from ._fs import open_lock_file, run_sync
 
-__all__ = ["KeyedLock", "LockFiles"]
+__all__ = ["KeyedLock", "LockFiles", "lock_file"]
 
 # Polling delays (seconds) while another process holds a lock: quick at first, then
 # backing off so that waiters cost little.
@@ -71,22 +71,28 @@ class LockFiles:
 
     @contextlib.asynccontextmanager
     async def hold(self, name: str) -> AsyncIterator[None]:
-        """Hold lock ``name`` (a safe file-name stem) until the block exits, however it exits.
+        """Hold lock ``name`` (a safe file-name stem), as :func:`lock_file` does."""
+        async with self._local.hold(name), lock_file(self.directory / f"{name}.lock"):
+            yield
 
-        Waiting never blocks the event loop and can be cancelled. Raises StorageError if
-        the lock file cannot be created or locked.
-        """
-        async with self._local.hold(name):
-            path = self.directory / f"{name}.lock"
-            fd = await _open(path)
-            try:  # closing the descriptor releases the flock
-                delay = _FIRST_DELAY
-                while not _try_lock(fd, path):
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, _MAX_DELAY)
-                yield
-            finally:
-                os.close(fd)
+
+@contextlib.asynccontextmanager
+async def lock_file(path: Path) -> AsyncIterator[None]:
+    """Hold an exclusive ``flock`` on ``path`` (created if needed) until the block exits.
+
+    Excludes every other holder, in this process or another: each call opens its own
+    descriptor. Waiting polls, never blocks the event loop, and can be cancelled; the lock
+    is released however the block exits. Raises StorageError if it cannot be locked.
+    """
+    fd = await _open(path)
+    try:  # closing the descriptor releases the flock
+        delay = _FIRST_DELAY
+        while not _try_lock(fd, path):
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, _MAX_DELAY)
+        yield
+    finally:
+        os.close(fd)
 
 
 async def _open(path: Path) -> int:
