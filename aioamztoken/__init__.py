@@ -6,6 +6,7 @@ and an aiohttp middleware.
 
 from __future__ import annotations
 
+from ._blocking import BlockingTokenManager
 from ._errors import (
     AccountNotFoundError,
     AmzTokenError,
@@ -34,6 +35,7 @@ __all__ = [
     "AdsApiMiddleware",
     "AmzTokenError",
     "AsyncTokenManager",
+    "BlockingTokenManager",
     "DecryptionError",
     "DirectoryTokenStore",
     "EventLoopError",

@@ -760,14 +760,72 @@ class AsyncTokenManager:
 
     # ------------------------------------------------------------------ aiohttp integration
 
+    if TYPE_CHECKING:
+        from ._middleware import AdsApiTraceConfig, Origins
+
     def middleware(
         self,
         account_id: str,
         *,
         profile_id: str | int | None = None,
-        origins: list[str] | tuple[str, ...] | None = None,
+        origins: Origins | None = None,
     ) -> AdsApiMiddleware:
-        """An aiohttp client middleware that signs Ads API requests for ``account_id``."""
+        """An aiohttp client middleware that signs Ads API requests for ``account_id``.
+
+        ``origins=None`` means the four Amazon Ads API origins (NA, EU, FE, sandbox);
+        otherwise a list of ``scheme://host[:port]``. Requests to other origins pass
+        through untouched. On a 401 it refreshes (compare-and-refresh) and retries once;
+        see :class:`AdsApiMiddleware` for bodies that cannot be replayed and for the
+        typed errors a failed refresh raises. Cheap to create; keep one per session.
+        """
         from ._middleware import AdsApiMiddleware
 
         return AdsApiMiddleware(self, account_id, profile_id=profile_id, origins=origins)
+
+    def trace_config(self) -> AdsApiTraceConfig:
+        """The manager's :class:`AdsApiTraceConfig`: counts and logs 401s and retries.
+
+        The same object on every call, so its ``rejected`` and ``retried`` counters sum
+        over every session it is attached to: ``ClientSession(trace_configs=[...])``.
+        """
+        from ._middleware import AdsApiTraceConfig
+
+        config: AdsApiTraceConfig | None = getattr(self, "_trace_config", None)
+        if config is None:
+            config = self._trace_config = AdsApiTraceConfig()
+        return config
+
+    def session(
+        self,
+        account_id: str,
+        *,
+        profile_id: str | int | None = None,
+        region: Region | str | None = None,
+        origins: Origins | None = None,
+        **session_kwargs: Any,
+    ) -> aiohttp.ClientSession:
+        """A new ``aiohttp.ClientSession`` for the Ads API, signed for ``account_id``.
+
+        Its ``base_url`` is the Ads API origin of ``region`` (default: the manager's), so
+        ``await http.get("/v2/profiles")`` works, and :meth:`middleware` is attached after
+        any ``middlewares`` passed in (innermost: every send, retries of outer middlewares
+        included, gets a token fetched at that moment, and outer middlewares never see it).
+        Other keyword arguments go to ``ClientSession``; a ``base_url`` among them
+        replaces the region's and must be one of ``origins``, else ``ValueError``.
+
+        The caller owns the session and closes it (``async with mgr.session(...) as
+        http:``). Call it from a coroutine, as ``ClientSession`` requires.
+        """
+        middleware = self.middleware(account_id, profile_id=profile_id, origins=origins)
+        base_url = session_kwargs.pop("base_url", None)
+        if base_url is None:
+            base_url = (self.region if region is None else Region.parse(region)).api_host
+        elif region is not None:
+            raise ValueError("pass region or base_url, not both")
+        if not middleware.allows(str(base_url)):
+            raise ValueError(
+                f"base_url {str(base_url)!r} is not among the origins the token is sent to "
+                f"({', '.join(middleware.origins)}); pass origins=[...]"
+            )
+        middlewares = (*(session_kwargs.pop("middlewares", None) or ()), middleware)
+        return aiohttp.ClientSession(base_url=base_url, middlewares=middlewares, **session_kwargs)

@@ -29,6 +29,17 @@ what reached "Amazon" instead of mocking calls::
             assert amazon.refresh_grants == 1
             assert amazon.api_requests_for("acme") == 1
 
+It also imitates Amazon's asynchronous reports (v3 ``POST /reporting/reports``, then
+``GET /reporting/reports/{reportId}`` until ``COMPLETED``) and serves the finished files
+(gzip JSON) from a second origin, :attr:`AmazonEmulator.download_url`, that behaves like
+the pre-signed S3 URLs Amazon hands out: it answers 400 to any request that carries an
+``Authorization`` header, and records the headers of every request it gets::
+
+    async with AmazonEmulator() as amazon:
+        amazon.report_polls = 3        # COMPLETED on the third status poll
+        ...                            # create, poll, download (examples/report_pipeline.py)
+        assert not any("Authorization" in r.headers for r in amazon.download_log)
+
 Synchronous or multi-process tests run it on a thread of its own::
 
     with AmazonEmulator.running_in_thread(rotate_refresh_tokens=True) as amazon:
@@ -49,14 +60,16 @@ import base64
 import binascii
 import collections
 import contextlib
+import gzip
 import hashlib
 import json
 import random
 import secrets
 import threading
 import time
+import uuid
 from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
 from urllib.parse import parse_qsl, unquote_plus, urlencode
@@ -65,12 +78,20 @@ from aiohttp import hdrs, web
 
 from aioamztoken._lwa import pkce_challenge
 
-__all__ = ["AmazonEmulator", "ApiRequestRecord", "TokenRequestRecord"]
+__all__ = ["AmazonEmulator", "ApiRequestRecord", "DownloadRequestRecord", "TokenRequestRecord"]
 
 TOKEN_PATH = "/auth/o2/token"
 AUTHORIZATION_PATH = "/ap/oa"
 _FORM_TYPE = "application/x-www-form-urlencoded"
 _CLIENT_ID_HEADER = "Amazon-Advertising-API-ClientId"
+_SCOPE_HEADER = "Amazon-Advertising-API-Scope"
+REPORTS_PATH = "/reporting/reports"
+#: Where finished report files live on the download origin.
+DOWNLOAD_PREFIX = "/offline-reports"
+_S3_ONE_AUTH_MESSAGE = (
+    "Only one auth mechanism allowed; only the X-Amz-Algorithm query parameter, "
+    "Signature query string parameter or the Authorization header should be specified"
+)
 #: How long :meth:`AmazonEmulator.close` lets in-flight requests finish before cancelling them.
 _SHUTDOWN_TIMEOUT = 1.0
 
@@ -87,6 +108,8 @@ class TokenRequestRecord:
     """The ``grant_type`` sent, ``None`` when missing."""
     status: int
     """The HTTP status of the answer."""
+    headers: dict[str, str] = field(default_factory=dict)
+    """A copy of the request headers as received (``Authorization`` included, if sent)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +127,38 @@ class ApiRequestRecord:
     body: bytes
     time: float = 0.0
     """``time.monotonic()`` when the request arrived."""
+
+
+@dataclass(frozen=True, slots=True)
+class DownloadRequestRecord:
+    """One request to the download origin, as :attr:`AmazonEmulator.download_log` keeps it."""
+
+    method: str
+    path: str
+    """The path, without the query string (which holds the pre-signed signature)."""
+    status: int
+    headers: dict[str, str]
+    """A copy of the request headers as received: tests assert no ``Authorization`` here."""
+    time: float = 0.0
+    """``time.monotonic()`` when the request arrived."""
+
+
+@dataclass(slots=True)
+class _Report:
+    report_id: str
+    account_id: str
+    profile_id: str
+    request: dict[str, Any]
+    created_at: float
+    """``time.time()``, for the ISO timestamps of the answers."""
+    polls: int = 0
+    completed_at: float | None = None
+    key: str = ""
+    """The object key on the download origin, set once the report is completed."""
+    signature: str = ""
+    url_expires_at: float = 0.0
+    """``time.monotonic()`` after which the download URL answers 403."""
+    content: bytes = b""
 
 
 @dataclass(slots=True)
@@ -194,6 +249,17 @@ class AmazonEmulator:
     """The account that "logs in" on the consent page."""
     failure_status: int = 503
     """The HTTP status of the failures :attr:`failure_rate` injects."""
+    report_polls: int = 3
+    """The status poll (``GET /reporting/reports/{id}``) on which a report turns
+    ``COMPLETED``: 1 means the first poll already finds it done. Earlier polls answer
+    ``PENDING`` (the first) and then ``PROCESSING``."""
+    report_rows: int = 5
+    """Rows in each report file."""
+    report_url_lifetime: float = 3600.0
+    """Seconds a report's download URL works (then the download origin answers 403)."""
+    download_redirect_status: int = 307
+    """The status of ``GET /v2/reports/{reportId}/download``, which redirects to the
+    download origin as Amazon's v2 reports did (301, 302, 303, 307 or 308)."""
 
     def __init__(
         self,
@@ -242,6 +308,12 @@ class AmazonEmulator:
         """Requests to the Ads API, whatever their outcome."""
         self.api_log: list[ApiRequestRecord] = []
         """Every Ads API request (401s included), in the order they were answered."""
+        self.reports_created = 0
+        """Reports created with ``POST /reporting/reports``."""
+        self.download_requests = 0
+        """Requests to the download origin, whatever their outcome."""
+        self.download_log: list[DownloadRequestRecord] = []
+        """Every request to the download origin, in the order they were answered."""
 
         self._lock = threading.Lock()
         self._refresh_tokens: dict[str, _RefreshGrant] = {}
@@ -251,8 +323,11 @@ class AmazonEmulator:
         self._api_faults: collections.deque[_Fault] = collections.deque()
         self._token_requests_by_account: collections.Counter[str] = collections.Counter()
         self._api_requests_by_account: collections.Counter[str] = collections.Counter()
+        self._reports: dict[str, _Report] = {}
+        self._reports_by_key: dict[str, _Report] = {}
         self._runners: list[web.AppRunner] = []
         self._base_url: str | None = None
+        self._download_url: str | None = None
         self._closing = asyncio.Event()
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -264,8 +339,9 @@ class AmazonEmulator:
         self._closing = asyncio.Event()
         try:
             self._base_url = await self._serve(self._build_app())
-            # A further origin (say, a report download host that must never see a
-            # bearer token) gets its own application here: url = await self._serve(app).
+            # Report files live on an origin of their own, like S3: it must never see
+            # a bearer token.
+            self._download_url = await self._serve(self._build_download_app())
         except BaseException:
             await self.close()
             raise
@@ -325,10 +401,18 @@ class AmazonEmulator:
         app.router.add_route("*", AUTHORIZATION_PATH, self._handle_consent)
         # Ads API endpoints with behaviour of their own, registered through
         # _add_api_route so that each is authenticated, fault-injected and logged alike.
-        # Add new ones (report creation, polling...) here, before the catch-all.
+        # Add new ones here, before the catch-all.
         self._add_api_route(app, "GET", "/v2/profiles", self._list_profiles)
+        self._add_api_route(app, "POST", REPORTS_PATH, self._create_report)
+        self._add_api_route(app, "GET", REPORTS_PATH + "/{reportId}", self._report_status)
+        self._add_api_route(app, "GET", "/v2/reports/{reportId}/download", self._redirect_download)
         self._add_api_route(app, "*", "/echo", self._echo)
         self._add_api_route(app, "*", "/{path:.*}", self._any_api_path)
+        return app
+
+    def _build_download_app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_route("*", "/{path:.*}", self._handle_download)
         return app
 
     def _add_api_route(
@@ -362,6 +446,13 @@ class AmazonEmulator:
     def api_url(self) -> str:
         """The Ads API origin: the same server, equal to :attr:`base_url`."""
         return self.base_url
+
+    @property
+    def download_url(self) -> str:
+        """``http://127.0.0.1:OTHER_PORT``: the origin report files are served from (S3)."""
+        if self._download_url is None:
+            raise RuntimeError("the emulator has not been started")
+        return self._download_url
 
     # -- issuing credentials -----------------------------------------------------------
 
@@ -493,6 +584,9 @@ class AmazonEmulator:
             self.token_log.clear()
             self.api_requests = 0
             self.api_log.clear()
+            self.reports_created = 0
+            self.download_requests = 0
+            self.download_log.clear()
             self._token_requests_by_account.clear()
             self._api_requests_by_account.clear()
 
@@ -505,6 +599,12 @@ class AmazonEmulator:
         """
         with self._lock:
             return self._token_requests_by_account[account_id]
+
+    def report_status(self, report_id: str) -> str | None:
+        """``PENDING``, ``PROCESSING`` or ``COMPLETED``; ``None`` for an unknown report."""
+        with self._lock:
+            report = self._reports.get(report_id)
+            return None if report is None else self._status_of(report)
 
     def api_requests_for(self, account_id: str) -> int:
         """Ads API requests that carried a bearer token of ``account_id`` (401s included)."""
@@ -552,7 +652,11 @@ class AmazonEmulator:
             with self._lock:
                 self.token_log.append(
                     TokenRequestRecord(
-                        arrived, account_id, form.get("grant_type") or None, response.status
+                        arrived,
+                        account_id,
+                        form.get("grant_type") or None,
+                        response.status,
+                        dict(request.headers),
                     )
                 )
             return response
@@ -785,6 +889,175 @@ class AmazonEmulator:
     async def _any_api_path(self, call: _ApiCall) -> web.StreamResponse:
         return web.json_response({"ok": True, "path": call.request.path})
 
+    # -- reports -----------------------------------------------------------------------
+
+    def _profile_problem(self, call: _ApiCall) -> web.Response | None:
+        """400 without a scope header; 403 when it names no profile of the caller's account."""
+        scope = call.request.headers.get(_SCOPE_HEADER)
+        if not scope:
+            return _api_error(400, "400", f"{_SCOPE_HEADER} header is missing")
+        if scope not in {str(p["profileId"]) for p in _profiles_of(call.account_id)}:
+            return _api_error(403, "FORBIDDEN", "The profile is not accessible with this token")
+        return None
+
+    def _owned_report(self, call: _ApiCall) -> _Report | web.Response:
+        problem = self._profile_problem(call)
+        if problem is not None:
+            return problem
+        with self._lock:
+            report = self._reports.get(call.request.match_info["reportId"])
+        scope = call.request.headers[_SCOPE_HEADER]
+        if report is None or report.account_id != call.account_id or report.profile_id != scope:
+            return _api_error(404, "NOT_FOUND", "Report not found")
+        return report
+
+    async def _create_report(self, call: _ApiCall) -> web.StreamResponse:
+        problem = self._profile_problem(call)
+        if problem is not None:
+            return problem
+        try:
+            body = json.loads(call.body)
+        except (UnicodeDecodeError, ValueError):
+            return _api_error(400, "400", "The request body is not JSON")
+        configuration = body.get("configuration") if isinstance(body, dict) else None
+        if not isinstance(configuration, dict) or not configuration.get("reportTypeId"):
+            return _api_error(400, "400", "configuration.reportTypeId is required")
+        if configuration.get("format", "GZIP_JSON") != "GZIP_JSON":
+            return _api_error(400, "400", "Only GZIP_JSON is supported")
+        report = _Report(
+            str(uuid.uuid4()),
+            call.account_id,
+            call.request.headers[_SCOPE_HEADER],
+            body,
+            time.time(),
+        )
+        with self._lock:
+            self._reports[report.report_id] = report
+            self.reports_created += 1
+            answer = self._report_json(report)
+        return web.json_response(answer)
+
+    async def _report_status(self, call: _ApiCall) -> web.StreamResponse:
+        report = self._owned_report(call)
+        if isinstance(report, web.Response):
+            return report
+        with self._lock:
+            report.polls += 1
+            if report.completed_at is None and report.polls >= self.report_polls:
+                self._complete(report)
+            answer = self._report_json(report)
+        return web.json_response(answer)
+
+    async def _redirect_download(self, call: _ApiCall) -> web.StreamResponse:
+        report = self._owned_report(call)
+        if isinstance(report, web.Response):
+            return report
+        with self._lock:
+            url = self._signed_url(report) if report.completed_at is not None else None
+        if url is None:
+            return _api_error(400, "400", "The report is not completed yet")
+        status = self.download_redirect_status
+        if status not in (301, 302, 303, 307, 308):
+            raise ValueError(f"download_redirect_status must be a redirect, not {status}")
+        return web.Response(status=status, headers={hdrs.LOCATION: url})
+
+    def _complete(self, report: _Report) -> None:
+        report.completed_at = time.time()
+        report.key = f"{DOWNLOAD_PREFIX}/{report.profile_id}/{report.report_id}.json.gz"
+        report.signature = secrets.token_hex(32)
+        report.url_expires_at = time.monotonic() + self.report_url_lifetime
+        report.content = gzip.compress(
+            json.dumps(_report_rows(report, self.report_rows)).encode("utf-8"), mtime=0
+        )
+        self._reports_by_key[report.key] = report
+
+    def _status_of(self, report: _Report) -> str:
+        if report.completed_at is not None:
+            return "COMPLETED"
+        return "PENDING" if report.polls <= 1 else "PROCESSING"
+
+    def _signed_url(self, report: _Report) -> str:
+        query = urlencode(
+            {
+                "X-Amz-Algorithm": "AWS4-HMAC-SHA256",
+                "X-Amz-Credential": "EMULATOR/us-east-1/s3/aws4_request",
+                "X-Amz-Expires": str(int(self.report_url_lifetime)),
+                "X-Amz-SignedHeaders": "host",
+                "X-Amz-Signature": report.signature,
+            }
+        )
+        return f"{self.download_url}{report.key}?{query}"
+
+    def _report_json(self, report: _Report) -> dict[str, Any]:
+        """The report as ``GET /reporting/reports/{reportId}`` describes it (v3 shape)."""
+        request = report.request
+        answer: dict[str, Any] = {
+            "reportId": report.report_id,
+            "name": request.get("name"),
+            "status": self._status_of(report),
+            "configuration": request.get("configuration"),
+            "startDate": request.get("startDate"),
+            "endDate": request.get("endDate"),
+            "createdAt": _iso(report.created_at),
+            "updatedAt": _iso(report.created_at),
+            "generatedAt": None,
+            "fileSize": None,
+            "url": None,
+            "urlExpiresAt": None,
+            "failureReason": None,
+        }
+        completed_at = report.completed_at
+        if completed_at is not None:
+            expires_in = report.url_expires_at - time.monotonic()
+            answer.update(
+                updatedAt=_iso(completed_at),
+                generatedAt=_iso(completed_at),
+                fileSize=len(report.content),
+                url=self._signed_url(report),
+                urlExpiresAt=_iso(time.time() + expires_in),
+            )
+        return answer
+
+    # -- download origin (S3) ----------------------------------------------------------
+
+    async def _handle_download(self, request: web.Request) -> web.StreamResponse:
+        arrived = time.monotonic()
+        response = self._download(request)
+        with self._lock:
+            self.download_requests += 1
+            self.download_log.append(
+                DownloadRequestRecord(
+                    request.method, request.path, response.status, dict(request.headers), arrived
+                )
+            )
+        return response
+
+    def _download(self, request: web.Request) -> web.Response:
+        if request.method not in (hdrs.METH_GET, hdrs.METH_HEAD):
+            return _s3_error(405, "MethodNotAllowed", "The method is not allowed")
+        if hdrs.AUTHORIZATION in request.headers:
+            # What S3 answers to a pre-signed URL that also carries a bearer token.
+            return _s3_error(400, "InvalidArgument", _S3_ONE_AUTH_MESSAGE)
+        with self._lock:
+            report = self._reports_by_key.get(request.path)
+        if report is None:
+            return _s3_error(404, "NoSuchKey", "The specified key does not exist.")
+        if not secrets.compare_digest(request.query.get("X-Amz-Signature", ""), report.signature):
+            return _s3_error(
+                403, "SignatureDoesNotMatch", "The request signature we calculated does not match"
+            )
+        if time.monotonic() >= report.url_expires_at:
+            return _s3_error(403, "AccessDenied", "Request has expired")
+        return web.Response(
+            body=report.content,
+            headers={
+                hdrs.CONTENT_TYPE: "application/octet-stream",
+                hdrs.ETAG: '"'
+                + hashlib.md5(report.content, usedforsecurity=False).hexdigest()
+                + '"',
+            },
+        )
+
 
 class _EmulatorThread:
     """Runs an emulator's whole life (start, serve, close) on a private loop and thread."""
@@ -935,6 +1208,57 @@ def _oauth_error(status: int, error: str, description: str) -> web.Response:
 
 def _api_error(status: int, code: str, details: str) -> web.Response:
     return web.json_response({"code": code, "details": details}, status=status)
+
+
+def _s3_error(status: int, code: str, message: str) -> web.Response:
+    body = (
+        '<?xml version="1.0" encoding="UTF-8"?>\n'
+        f"<Error><Code>{code}</Code><Message>{message}</Message>"
+        f"<RequestId>{secrets.token_hex(8).upper()}</RequestId></Error>"
+    )
+    return web.Response(status=status, text=body, content_type="application/xml")
+
+
+def _iso(timestamp: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(timestamp)) + "Z"
+
+
+#: Every column the emulated reports know; a report keeps those its configuration asks for.
+REPORT_COLUMNS = (
+    "campaignId",
+    "campaignName",
+    "campaignStatus",
+    "impressions",
+    "clicks",
+    "cost",
+    "purchases7d",
+    "sales7d",
+)
+
+
+def _report_rows(report: _Report, count: int) -> list[dict[str, Any]]:
+    """``count`` stable rows for a report, with the columns its configuration names."""
+    configuration = report.request.get("configuration") or {}
+    columns = configuration.get("columns") or list(REPORT_COLUMNS)
+    seed = int.from_bytes(hashlib.sha256(report.profile_id.encode("utf-8")).digest()[:6], "big")
+    rows = []
+    for n in range(count):
+        draw = random.Random(seed * 1000 + n)
+        impressions = draw.randint(100, 50_000)
+        clicks = draw.randint(0, impressions // 20)
+        purchases = draw.randint(0, clicks // 5 + 1)
+        full: dict[str, Any] = {
+            "campaignId": str(seed * 100 + n),
+            "campaignName": f"Campaign {n + 1}",
+            "campaignStatus": "ENABLED",
+            "impressions": impressions,
+            "clicks": clicks,
+            "cost": round(clicks * draw.uniform(0.2, 2.5), 2),
+            "purchases7d": purchases,
+            "sales7d": round(purchases * draw.uniform(5, 80), 2),
+        }
+        rows.append({column: full.get(column) for column in columns})
+    return rows
 
 
 def _profiles_of(account_id: str) -> list[dict[str, Any]]:

@@ -52,3 +52,14 @@ def test_help_lists_the_demo_command() -> None:
     )
     assert done.returncode == 0
     assert "demo" in done.stdout
+
+
+async def test_demo_report_counts_one_request_per_account_that_needed_one() -> None:
+    from aioamztoken._demo import run_demo
+
+    report = await run_demo(accounts=5, callers_per_account=7)
+    assert report.ok
+    assert report.callers == 6 * 7
+    assert report.callers_served == report.callers
+    assert report.token_requests == 5 + 3
+    assert "result                   ok" in report.render()

@@ -581,6 +581,17 @@ async def test_a_file_where_the_directory_should_be_is_a_storage_error(tmp_path:
     assert (tmp_path / "d").read_bytes() == b""
 
 
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs Linux /proc")
+@pytest.mark.parametrize("kind", ["file", "directory"])
+async def test_a_place_no_one_may_write_is_a_storage_error_even_for_root(kind: str) -> None:
+    store = KINDS[kind](Path("/proc/aioamztoken-test"))
+    with pytest.raises(StorageError) as err:
+        await store.save("a", TOKEN)
+    assert "/proc/aioamztoken-test" in str(err.value)
+    assert isinstance(err.value.__cause__, OSError)
+    assert await store.load("a") is None
+
+
 @pytest.mark.skipif(os.geteuid() == 0, reason="root ignores file permissions")
 async def test_a_read_only_directory_is_a_storage_error_and_leaves_the_file(tmp_path: Path) -> None:
     store = FileTokenStore(tmp_path / "t.json")

@@ -24,6 +24,7 @@ __all__ = [
     "ensure_dir",
     "list_dir",
     "open_lock_file",
+    "os_failure",
     "read_bytes",
     "remove",
     "resolve_path",
@@ -70,7 +71,8 @@ def resolve_path(path: str | os.PathLike[str]) -> Path:
     return Path(os.path.abspath(os.path.expanduser(os.fspath(path))))
 
 
-def _failure(action: str, path: Path, exc: OSError) -> StorageError:
+def os_failure(action: str, path: Path, exc: OSError) -> StorageError:
+    """The error for ``exc``, raised trying to ``action`` ``path``: raise it ``from exc``."""
     reason = exc.strerror or type(exc).__name__
     return StorageError(f"cannot {action} {path}: {reason}", location=str(path))
 
@@ -80,7 +82,7 @@ def ensure_dir(path: Path) -> None:
     try:
         _make_dirs(path)
     except OSError as exc:
-        raise _failure("create the directory", path, exc) from exc
+        raise os_failure("create the directory", path, exc) from exc
 
 
 def _make_dirs(path: Path) -> None:
@@ -104,7 +106,7 @@ def read_bytes(path: Path) -> bytes | None:
     except FileNotFoundError:
         return None
     except OSError as exc:
-        raise _failure("read", path, exc) from exc
+        raise os_failure("read", path, exc) from exc
 
 
 def atomic_write(path: Path, data: bytes) -> None:
@@ -130,7 +132,7 @@ def atomic_write(path: Path, data: bytes) -> None:
     except OSError as exc:
         with contextlib.suppress(OSError):
             os.unlink(temp)
-        raise _failure("write", path, exc) from exc
+        raise os_failure("write", path, exc) from exc
     _sync_dir(target.parent)
 
 
@@ -141,7 +143,7 @@ def remove(path: Path) -> None:
     except FileNotFoundError:
         return
     except OSError as exc:
-        raise _failure("delete", path, exc) from exc
+        raise os_failure("delete", path, exc) from exc
     _sync_dir(path.parent)
 
 
@@ -155,7 +157,7 @@ def _sync_dir(path: Path) -> None:
             os.close(fd)
     except OSError as exc:
         if exc.errno not in (errno.EINVAL, errno.ENOTSUP):  # file systems that cannot
-            raise _failure("sync the directory", path, exc) from exc
+            raise os_failure("sync the directory", path, exc) from exc
 
 
 def list_dir(path: Path) -> list[str]:
@@ -166,7 +168,7 @@ def list_dir(path: Path) -> list[str]:
     except FileNotFoundError:
         return []
     except OSError as exc:
-        raise _failure("list", path, exc) from exc
+        raise os_failure("list", path, exc) from exc
 
 
 def open_lock_file(path: Path) -> int:
@@ -175,4 +177,4 @@ def open_lock_file(path: Path) -> int:
     try:
         return os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, _FILE_MODE)
     except OSError as exc:
-        raise _failure("open the lock file", path, exc) from exc
+        raise os_failure("open the lock file", path, exc) from exc

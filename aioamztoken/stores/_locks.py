@@ -13,8 +13,7 @@ import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-from .._errors import StorageError
-from ._fs import open_lock_file, run_sync
+from ._fs import open_lock_file, os_failure, run_sync
 
 __all__ = ["KeyedLock", "LockFiles", "lock_file"]
 
@@ -117,6 +116,5 @@ def _try_lock(fd: int, path: Path) -> bool:
     except BlockingIOError:
         return False
     except OSError as exc:
-        reason = exc.strerror or type(exc).__name__
-        raise StorageError(f"cannot lock {path}: {reason}", location=str(path)) from exc
+        raise os_failure("lock", path, exc) from exc
     return True
