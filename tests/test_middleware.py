@@ -233,14 +233,18 @@ async def test_the_download_origin_refuses_a_bearer_like_s3(
 
 
 async def test_200_concurrent_401s_for_one_token_cause_one_refresh_and_all_succeed(
-    emulator: AmazonEmulator, http: aiohttp.ClientSession
+    emulator: AmazonEmulator, mgr: at.AsyncTokenManager
 ) -> None:
     rejected = emulator.current_access_token(ACCOUNT)
     emulator.expire_access_tokens(ACCOUNT)  # Amazon says no; the manager still trusts it
-    emulator.latency = 0.05
-    results = await asyncio.gather(
-        *(echo(http, f"{emulator.api_url}/echo", data=str(n)) for n in range(200))
-    )
+    middleware = mgr.middleware(ACCOUNT, origins=[emulator.api_url])
+    # A small pool sends them in waves: most 401s come back after the refresh is over,
+    # when the rejected token is no longer the current one.
+    connector = aiohttp.TCPConnector(limit=20)
+    async with aiohttp.ClientSession(connector=connector, middlewares=[middleware]) as http:
+        results = await asyncio.gather(
+            *(echo(http, f"{emulator.api_url}/echo", data=str(n)) for n in range(200))
+        )
     assert emulator.token_requests == 1
     assert [status for status, _ in results] == [200] * 200
     assert sorted(int(body["body"]) for _, body in results) == list(range(200))
@@ -312,8 +316,9 @@ async def test_the_first_401_is_released_before_the_retry(
         return response
 
     middleware = mgr.middleware(ACCOUNT, origins=[emulator.api_url])
-    emulator.api_fail_next(1)
-    # One connection in the pool: an unreleased 401 would leave the retry waiting forever.
+    # A 401 body too big to arrive with the headers, and one connection in the pool: a
+    # 401 left unreleased would hold the connection and leave the retry waiting forever.
+    emulator.api_fail_next(1, body=json.dumps({"code": "UNAUTHORIZED", "details": "x" * 4_000_000}))
     connector = aiohttp.TCPConnector(limit=1)
     async with aiohttp.ClientSession(connector=connector, middlewares=[middleware, record]) as http:
         status, _ = await asyncio.wait_for(echo(http, f"{emulator.api_url}/echo"), 5)

@@ -1,0 +1,361 @@
+"""The CLI driven as a user drives it: subprocesses against the emulator."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import pty
+import sys
+import time
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
+
+import aiohttp
+import pytest
+
+import aioamztoken as at
+from aioamztoken.testing import AmazonEmulator
+
+
+@dataclass
+class Done:
+    status: int
+    stdout: str
+    stderr: str
+
+
+Runner = Callable[..., Coroutine[Any, Any, Done]]
+
+
+@pytest.fixture
+def cli_env(emulator: AmazonEmulator, tmp_path: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AIOAMZTOKEN_")}
+    env.update(
+        AIOAMZTOKEN_CLIENT_ID=emulator.client_id,
+        AIOAMZTOKEN_CLIENT_SECRET=emulator.client_secret,
+        AIOAMZTOKEN_TOKEN_URL=emulator.token_url,
+        AIOAMZTOKEN_CONSENT_URL=emulator.authorization_url,
+        AIOAMZTOKEN_STORE=f"file://{tmp_path / 'tokens.json'}",
+        PYTHONUNBUFFERED="1",
+    )
+    return env
+
+
+@pytest.fixture
+def cli(cli_env: dict[str, str]) -> Runner:
+    async def run(*args: str, stdin: str | None = None, env: dict[str, str] | None = None) -> Done:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "aioamztoken",
+            *args,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env=env or cli_env,
+        )
+        out, err = await asyncio.wait_for(
+            proc.communicate(None if stdin is None else stdin.encode()), 60
+        )
+        assert proc.returncode is not None
+        return Done(proc.returncode, out.decode(), err.decode())
+
+    return run
+
+
+def store_of(env: dict[str, str]) -> at.FileTokenStore:
+    return at.FileTokenStore(env["AIOAMZTOKEN_STORE"].removeprefix("file://"))
+
+
+def assert_clean_error(done: Done, status: int) -> None:
+    assert done.status == status, done
+    assert done.stdout == ""
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert lines[0].startswith("aioamztoken: error: ")
+    assert "Traceback" not in done.stderr
+
+
+async def test_add_reads_stdin_and_token_prints_only_the_access_token(
+    cli: Runner, emulator: AmazonEmulator, cli_env: dict[str, str]
+) -> None:
+    refresh_token = emulator.issue_refresh_token("acct")
+    added = await cli("add", "acct", stdin=refresh_token + "\n")
+    assert added.status == 0, added
+    assert refresh_token not in added.stdout + added.stderr
+    assert emulator.token_requests == 0
+
+    done = await cli("token", "acct")
+    assert done.status == 0, done
+    assert done.stdout == emulator.current_access_token("acct") + "\n"
+    assert done.stderr == ""
+    again = await cli("token", "acct")
+    assert again.stdout == done.stdout  # served from the store, no second request
+    assert emulator.token_requests == 1
+    stored = await store_of(cli_env).load("acct")
+    assert stored is not None and stored.refresh_token == refresh_token
+
+
+async def test_add_refuses_an_empty_stdin(cli: Runner) -> None:
+    assert_clean_error(await cli("add", "acct", stdin=""), 2)
+
+
+async def test_accounts_table_and_json(
+    cli: Runner, emulator: AmazonEmulator, cli_env: dict[str, str]
+) -> None:
+    store = store_of(cli_env)
+    await store.save("fresh", at.Token("Atza|f", emulator.issue_refresh_token("f"), time.time() + 3000))
+    await store.save("due", at.Token("Atza|d", emulator.issue_refresh_token("d"), time.time() + 100))
+    await store.save("old", at.Token("Atza|o", emulator.issue_refresh_token("o"), time.time() - 100))
+    table = await cli("accounts")
+    assert table.status == 0, table
+    lines = table.stdout.splitlines()
+    assert lines[0].split() == ["ACCOUNT", "STATE", "EXPIRES", "IN"]
+    states = {line.split()[0]: line.split()[1] for line in lines[1:]}
+    assert states == {"due": "due", "fresh": "fresh", "old": "expired"}
+    assert "Atza|" not in table.stdout
+
+    as_json = await cli("accounts", "--json")
+    rows = json.loads(as_json.stdout)
+    assert [r["account_id"] for r in rows] == ["due", "fresh", "old"]
+    assert [r["state"] for r in rows] == ["due", "fresh", "expired"]
+    assert 2900 < rows[1]["expires_in"] <= 3000
+
+
+async def test_refresh_one_and_all(cli: Runner, emulator: AmazonEmulator) -> None:
+    for n in range(3):
+        await cli("add", f"a{n}", stdin=emulator.issue_refresh_token(f"a{n}"))
+    one = await cli("refresh", "a1")
+    assert one.status == 0, one
+    assert emulator.token_requests_for("a1") == 1
+    every = await cli("refresh", "--all")
+    assert every.status == 0, every
+    assert "refreshed 3 of 3 accounts" in every.stdout
+    assert "[" not in every.stderr  # no progress bar when not on a terminal
+    assert emulator.token_requests == 4
+
+
+async def test_refresh_all_shows_a_progress_bar_on_a_terminal(
+    emulator: AmazonEmulator, cli: Runner, cli_env: dict[str, str]
+) -> None:
+    for n in range(4):
+        await cli("add", f"a{n}", stdin=emulator.issue_refresh_token(f"a{n}"))
+    master, slave = pty.openpty()
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "aioamztoken", "refresh", "--all",
+        stdout=asyncio.subprocess.PIPE, stderr=slave, env=cli_env,
+    )
+    os.close(slave)
+    out, _ = await asyncio.wait_for(proc.communicate(), 60)
+    terminal = b""
+    while True:
+        try:
+            chunk = os.read(master, 4096)
+        except OSError:
+            break
+        if not chunk:
+            break
+        terminal += chunk
+    os.close(master)
+    assert proc.returncode == 0
+    assert b"4/4" in terminal and b"[####" in terminal
+    assert b"refreshed 4 of 4" in out
+
+
+async def test_remove(cli: Runner, emulator: AmazonEmulator, cli_env: dict[str, str]) -> None:
+    await cli("add", "acct", stdin=emulator.issue_refresh_token("acct"))
+    assert (await cli("remove", "acct")).status == 0
+    assert await store_of(cli_env).accounts() == []
+    assert_clean_error(await cli("remove", "acct"), 3)
+
+
+async def test_revoked_token_tells_the_user_to_log_in_again(
+    cli: Runner, emulator: AmazonEmulator
+) -> None:
+    await cli("add", "acct", stdin=emulator.issue_refresh_token("acct"))
+    emulator.revoke("acct")
+    done = await cli("token", "acct")
+    assert_clean_error(done, 4)
+    assert "aioamztoken login acct" in done.stderr
+
+
+async def test_unknown_account_and_missing_credentials(
+    cli: Runner, cli_env: dict[str, str]
+) -> None:
+    assert_clean_error(await cli("token", "nobody"), 3)
+    env = dict(cli_env)
+    del env["AIOAMZTOKEN_CLIENT_SECRET"]
+    missing = await cli("token", "nobody", env=env)
+    assert_clean_error(missing, 2)
+    assert "AIOAMZTOKEN_CLIENT_SECRET" in missing.stderr
+
+
+async def test_wrong_client_secret_and_dead_endpoint_are_one_line_errors(
+    cli: Runner, emulator: AmazonEmulator, cli_env: dict[str, str]
+) -> None:
+    await cli("add", "acct", stdin=emulator.issue_refresh_token("acct"))
+    env = dict(cli_env, AIOAMZTOKEN_CLIENT_SECRET="wrong-secret")
+    done = await cli("token", "acct", env=env)
+    assert_clean_error(done, 5)
+    assert "wrong-secret" not in done.stderr
+    emulator.fail_next(1, status=400, body='{"error":"invalid_request"}')
+    assert_clean_error(await cli("token", "acct"), 1)
+
+
+async def test_corrupt_store_is_a_one_line_error_and_stays_untouched(
+    cli: Runner, cli_env: dict[str, str]
+) -> None:
+    path = Path(cli_env["AIOAMZTOKEN_STORE"].removeprefix("file://"))
+    path.write_bytes(b"<html>not json</html>")
+    done = await cli("accounts")
+    assert_clean_error(done, 7)
+    assert str(path) in done.stderr
+    assert path.read_bytes() == b"<html>not json</html>"
+
+
+async def read_line_with(stream: asyncio.StreamReader, needle: str) -> str:
+    while True:
+        line = (await asyncio.wait_for(stream.readline(), 30)).decode()
+        assert line, f"stream ended before a line with {needle!r}"
+        if needle in line:
+            return line.strip()
+
+
+async def start_login(cli_env: dict[str, str], *extra: str) -> tuple[asyncio.subprocess.Process, str]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "aioamztoken", "login", "acct", "--no-browser",
+        "--redirect-uri", "http://127.0.0.1:0/callback", "--timeout", "30", *extra,
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE, env=cli_env,
+    )
+    assert proc.stderr is not None
+    consent_url = await read_line_with(proc.stderr, "/ap/oa?")
+    return proc, consent_url
+
+
+async def test_login_flow_with_the_test_playing_the_browser(
+    emulator: AmazonEmulator, cli_env: dict[str, str]
+) -> None:
+    proc, consent_url = await start_login(cli_env)
+    query = parse_qs(urlsplit(consent_url).query)
+    assert query["code_challenge_method"] == ["S256"] and len(query["state"][0]) >= 32
+    assert query["redirect_uri"][0].startswith("http://127.0.0.1:")
+    async with aiohttp.ClientSession() as browser:
+        async with browser.get(consent_url, allow_redirects=False) as consent:
+            assert consent.status == 302
+            redirect = consent.headers["Location"]
+        assert redirect.startswith(query["redirect_uri"][0])
+        async with browser.get(redirect) as landing:
+            assert landing.status == 200
+            assert "authorization received" in await landing.text()
+    _, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 0, err
+    assert "logged in account 'acct'" in err.decode()
+    stored = await store_of(cli_env).load("acct")
+    assert stored is not None and stored.access_token == emulator.current_access_token("emu-account")
+    code = parse_qs(urlsplit(redirect).query)["code"][0]
+    assert code not in err.decode()
+
+
+async def test_login_with_a_forged_state_fails_clearly_and_stores_nothing(
+    cli_env: dict[str, str], emulator: AmazonEmulator
+) -> None:
+    proc, consent_url = await start_login(cli_env)
+    async with aiohttp.ClientSession() as browser:
+        async with browser.get(consent_url, allow_redirects=False) as consent:
+            redirect = urlsplit(consent.headers["Location"])
+        forged = dict(parse_qs(redirect.query))
+        forged["state"] = ["attacker-state"]
+        forged_url = urlunsplit(redirect._replace(query=urlencode(forged, doseq=True)))
+        async with browser.get(forged_url) as landing:
+            await landing.read()
+    _, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 1
+    assert "state mismatch" in err.decode()
+    assert emulator.token_requests == 0
+    assert await store_of(cli_env).accounts() == []
+
+
+async def test_manual_login_reads_the_pasted_redirect_url(
+    cli_env: dict[str, str], emulator: AmazonEmulator
+) -> None:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "aioamztoken", "login", "acct", "--no-browser", "--manual",
+        "--redirect-uri", "https://app.example.com/amazon/callback",
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE, env=cli_env,
+    )
+    assert proc.stderr is not None and proc.stdin is not None
+    consent_url = await read_line_with(proc.stderr, "/ap/oa?")
+    async with aiohttp.ClientSession() as browser:
+        async with browser.get(consent_url, allow_redirects=False) as consent:
+            redirect = consent.headers["Location"]
+    assert redirect.startswith("https://app.example.com/amazon/callback?")
+    proc.stdin.write(redirect.encode() + b"\n")
+    _, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 0, err
+    assert await store_of(cli_env).accounts() == ["acct"]
+
+
+async def test_login_times_out_clearly(cli_env: dict[str, str]) -> None:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "aioamztoken", "login", "acct", "--no-browser",
+        "--redirect-uri", "http://127.0.0.1:0/callback", "--timeout", "0.5",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=cli_env,
+    )
+    _, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 1
+    assert "no redirect arrived" in err.decode()
+
+
+async def test_migrate_copies_and_verifies(
+    cli: Runner, emulator: AmazonEmulator, cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    for n in range(3):
+        await cli("add", f"a{n}", stdin=emulator.issue_refresh_token(f"a{n}"))
+    target = f"dir://{tmp_path / 'copy'}"
+    done = await cli("migrate", cli_env["AIOAMZTOKEN_STORE"], target)
+    assert done.status == 0, done
+    assert "3" in done.stdout
+    assert "Atzr|" not in done.stdout
+    copied = await at.DirectoryTokenStore(tmp_path / "copy").accounts()
+    assert copied == ["a0", "a1", "a2"]
+
+
+async def test_no_secret_in_any_cli_output(
+    cli: Runner, emulator: AmazonEmulator, cli_env: dict[str, str]
+) -> None:
+    refresh_token = emulator.issue_refresh_token("acct")
+    outputs = [await cli("add", "acct", stdin=refresh_token)]
+    outputs.append(await cli("refresh", "acct"))
+    outputs.append(await cli("accounts"))
+    outputs.append(await cli("accounts", "--json"))
+    outputs.append(await cli("refresh", "--all"))
+    emulator.revoke("acct")
+    outputs.append(await cli("refresh", "acct"))
+    access = emulator.current_access_token("acct") or "none"
+    for done in outputs:
+        text = done.stdout + done.stderr
+        for secret in (refresh_token, emulator.client_secret, access):
+            assert secret not in text
+
+
+def test_default_store_is_in_the_user_data_directory() -> None:
+    from aioamztoken.cli import default_store_url
+
+    plain = default_store_url({})
+    assert plain.startswith("file://") and plain.endswith("aioamztoken/tokens.json")
+    encrypted = default_store_url({"AIOAMZTOKEN_KEY": "k"})
+    assert encrypted.startswith("encrypted-file://") and encrypted.endswith("tokens.enc")
+
+
+def test_exit_codes_are_documented_in_help() -> None:
+    from aioamztoken.cli import EXIT_CODES, _build_parser
+
+    text = _build_parser().format_help()
+    for code in EXIT_CODES:
+        assert f"{code} " in text
