@@ -22,9 +22,18 @@ from ._errors import (
 from ._logging import RedactingFilter
 from ._lwa import make_pkce_pair, pkce_challenge
 from ._manager import AsyncTokenManager
-from ._middleware import AdsApiMiddleware
+from ._middleware import AdsApiMiddleware, AdsApiTraceConfig
 from ._models import AccountState, AccountStatus, Region, Token
-from .stores import DirectoryTokenStore, FileTokenStore, MemoryTokenStore, TokenStore
+from .stores import (
+    DirectoryTokenStore,
+    EncryptedFileTokenStore,
+    FileTokenStore,
+    KeyringTokenStore,
+    MemoryTokenStore,
+    RedisTokenStore,
+    TokenStore,
+    open_store,
+)
 
 __version__ = "0.1.0"
 
@@ -33,18 +42,22 @@ __all__ = [
     "AccountState",
     "AccountStatus",
     "AdsApiMiddleware",
+    "AdsApiTraceConfig",
     "AmzTokenError",
     "AsyncTokenManager",
     "BlockingTokenManager",
     "DecryptionError",
     "DirectoryTokenStore",
+    "EncryptedFileTokenStore",
     "EventLoopError",
     "FileTokenStore",
     "InvalidClientError",
     "InvalidGrantError",
+    "KeyringTokenStore",
     "ManagerClosedError",
     "MemoryTokenStore",
     "RedactingFilter",
+    "RedisTokenStore",
     "Region",
     "StorageError",
     "Token",
@@ -53,5 +66,6 @@ __all__ = [
     "TokenStore",
     "__version__",
     "make_pkce_pair",
+    "open_store",
     "pkce_challenge",
 ]

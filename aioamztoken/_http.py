@@ -11,7 +11,7 @@ import aiohttp
 import backoff
 from backoff.types import Details
 
-from ._errors import TokenEndpointError
+from ._errors import ManagerClosedError, TokenEndpointError
 from ._logging import http_logger
 from ._lwa import TOKEN_REQUEST_HEADERS, TokenRequest, parse_token_response
 from ._models import Token
@@ -200,6 +200,13 @@ class TokenEndpoint:
                     f"token endpoint did not answer within {self.policy.request_timeout:g} s",
                     status=None,
                 ) from None
+            except RuntimeError as exc:
+                if self._user_session is not None and self._user_session.closed:
+                    raise ManagerClosedError(
+                        "the aiohttp session given to the manager was closed; keep it open "
+                        "until the manager is closed"
+                    ) from exc
+                raise
             except aiohttp.ClientError as exc:
                 http_logger.debug(
                     "token request for account %r failed: %s (attempt %d)",

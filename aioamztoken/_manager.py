@@ -316,6 +316,11 @@ class AsyncTokenManager:
         task = self._inflight.get(account_id)
         if task is None:
             task = self._start(account_id, stale, force=force, reason=reason)
+        elif task is asyncio.current_task():
+            raise RuntimeError(
+                f"a hook of the refresh of {account_id!r} waited for that same refresh; "
+                "hooks may read tokens but not refresh the account being refreshed"
+            )
         # shield: a cancelled caller must not cancel the refresh others share.
         return await asyncio.shield(task)
 

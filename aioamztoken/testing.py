@@ -98,7 +98,10 @@ _SHUTDOWN_TIMEOUT = 1.0
 
 @dataclass(frozen=True, slots=True)
 class TokenRequestRecord:
-    """One POST to the token endpoint, as :attr:`AmazonEmulator.token_log` keeps it."""
+    """One POST to the token endpoint, as :attr:`AmazonEmulator.token_log` keeps it.
+
+    Immutable; safe to read from any thread.
+    """
 
     time: float
     """``time.monotonic()`` when the request arrived."""
@@ -114,7 +117,10 @@ class TokenRequestRecord:
 
 @dataclass(frozen=True, slots=True)
 class ApiRequestRecord:
-    """One request to the Ads API, as :attr:`AmazonEmulator.api_log` keeps it."""
+    """One request to the Ads API, as :attr:`AmazonEmulator.api_log` keeps it.
+
+    Immutable; safe to read from any thread.
+    """
 
     method: str
     path: str
@@ -131,7 +137,10 @@ class ApiRequestRecord:
 
 @dataclass(frozen=True, slots=True)
 class DownloadRequestRecord:
-    """One request to the download origin, as :attr:`AmazonEmulator.download_log` keeps it."""
+    """One request to the download origin, as :attr:`AmazonEmulator.download_log` keeps it.
+
+    Immutable; safe to read from any thread.
+    """
 
     method: str
     path: str
@@ -155,9 +164,8 @@ class _Report:
     completed_at: float | None = None
     key: str = ""
     """The object key on the download origin, set once the report is completed."""
-    signature: str = ""
-    url_expires_at: float = 0.0
-    """``time.monotonic()`` after which the download URL answers 403."""
+    signatures: dict[str, float] = field(default_factory=dict)
+    """Each download URL handed out: its signature and the ``time.monotonic()`` it expires."""
     content: bytes = b""
 
 
@@ -235,9 +243,9 @@ class AmazonEmulator:
     All these, and the attributes below, may be changed while the emulator runs.
 
     The URLs (:attr:`base_url`, :attr:`token_url`, :attr:`authorization_url`,
-    :attr:`api_url`) are known once :meth:`start` has run; reading them earlier raises
-    ``RuntimeError``. Use it as ``async with AmazonEmulator() as amazon:``, or from
-    synchronous code with :meth:`running_in_thread`.
+    :attr:`api_url`, :attr:`download_url`) are known once :meth:`start` has run;
+    reading them earlier raises ``RuntimeError``. Use it as ``async with AmazonEmulator()
+    as amazon:``, or from synchronous code with :meth:`running_in_thread`.
 
     Concurrency: serves on the event loop that called :meth:`start`; close it from that
     loop. State-changing methods are safe to call from any thread.
@@ -480,7 +488,7 @@ class AmazonEmulator:
     def issue_access_token(self, account_id: str, *, lifetime: float | None = None) -> str:
         """A valid ``Atza|...`` bearer for ``account_id``, valid ``lifetime`` seconds.
 
-        ``lifetime`` defaults to :attr:`token_lifetime`. No token request is made or counted.
+        ``lifetime`` defaults to ``token_lifetime``. No token request is made or counted.
         """
         with self._lock:
             return self._new_access_token(
@@ -575,7 +583,7 @@ class AmazonEmulator:
             self._api_faults.extend([fault] * count)
 
     def reset_counters(self) -> None:
-        """Zero every counter and clear both logs (tokens and queued faults are kept)."""
+        """Zero every counter and clear every log (tokens, reports and queued faults are kept)."""
         with self._lock:
             self.token_requests = 0
             self.refresh_grants = 0
@@ -599,6 +607,14 @@ class AmazonEmulator:
         """
         with self._lock:
             return self._token_requests_by_account[account_id]
+
+    def profile_ids(self, account_id: str) -> list[str]:
+        """The ids of the two profiles ``GET /v2/profiles`` lists for ``account_id``.
+
+        Stable for an account; the reporting endpoints accept only these as its
+        ``Amazon-Advertising-API-Scope``.
+        """
+        return [str(profile["profileId"]) for profile in _profiles_of(account_id)]
 
     def report_status(self, report_id: str) -> str | None:
         """``PENDING``, ``PROCESSING`` or ``COMPLETED``; ``None`` for an unknown report."""
@@ -964,8 +980,6 @@ class AmazonEmulator:
     def _complete(self, report: _Report) -> None:
         report.completed_at = time.time()
         report.key = f"{DOWNLOAD_PREFIX}/{report.profile_id}/{report.report_id}.json.gz"
-        report.signature = secrets.token_hex(32)
-        report.url_expires_at = time.monotonic() + self.report_url_lifetime
         report.content = gzip.compress(
             json.dumps(_report_rows(report, self.report_rows)).encode("utf-8"), mtime=0
         )
@@ -977,13 +991,16 @@ class AmazonEmulator:
         return "PENDING" if report.polls <= 1 else "PROCESSING"
 
     def _signed_url(self, report: _Report) -> str:
+        """A new pre-signed URL, valid :attr:`report_url_lifetime` seconds from now."""
+        signature = secrets.token_hex(32)
+        report.signatures[signature] = time.monotonic() + self.report_url_lifetime
         query = urlencode(
             {
                 "X-Amz-Algorithm": "AWS4-HMAC-SHA256",
                 "X-Amz-Credential": "EMULATOR/us-east-1/s3/aws4_request",
                 "X-Amz-Expires": str(int(self.report_url_lifetime)),
                 "X-Amz-SignedHeaders": "host",
-                "X-Amz-Signature": report.signature,
+                "X-Amz-Signature": signature,
             }
         )
         return f"{self.download_url}{report.key}?{query}"
@@ -1008,13 +1025,12 @@ class AmazonEmulator:
         }
         completed_at = report.completed_at
         if completed_at is not None:
-            expires_in = report.url_expires_at - time.monotonic()
             answer.update(
                 updatedAt=_iso(completed_at),
                 generatedAt=_iso(completed_at),
                 fileSize=len(report.content),
                 url=self._signed_url(report),
-                urlExpiresAt=_iso(time.time() + expires_in),
+                urlExpiresAt=_iso(time.time() + self.report_url_lifetime),
             )
         return answer
 
@@ -1040,13 +1056,15 @@ class AmazonEmulator:
             return _s3_error(400, "InvalidArgument", _S3_ONE_AUTH_MESSAGE)
         with self._lock:
             report = self._reports_by_key.get(request.path)
+            signature = request.query.get("X-Amz-Signature", "")
+            expires_at = None if report is None else report.signatures.get(signature)
         if report is None:
             return _s3_error(404, "NoSuchKey", "The specified key does not exist.")
-        if not secrets.compare_digest(request.query.get("X-Amz-Signature", ""), report.signature):
+        if expires_at is None:
             return _s3_error(
                 403, "SignatureDoesNotMatch", "The request signature we calculated does not match"
             )
-        if time.monotonic() >= report.url_expires_at:
+        if time.monotonic() >= expires_at:
             return _s3_error(403, "AccessDenied", "Request has expired")
         return web.Response(
             body=report.content,

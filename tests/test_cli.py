@@ -108,9 +108,15 @@ async def test_accounts_table_and_json(
     cli: Runner, emulator: AmazonEmulator, cli_env: dict[str, str]
 ) -> None:
     store = store_of(cli_env)
-    await store.save("fresh", at.Token("Atza|f", emulator.issue_refresh_token("f"), time.time() + 3000))
-    await store.save("due", at.Token("Atza|d", emulator.issue_refresh_token("d"), time.time() + 100))
-    await store.save("old", at.Token("Atza|o", emulator.issue_refresh_token("o"), time.time() - 100))
+    await store.save(
+        "fresh", at.Token("Atza|f", emulator.issue_refresh_token("f"), time.time() + 3000)
+    )
+    await store.save(
+        "due", at.Token("Atza|d", emulator.issue_refresh_token("d"), time.time() + 100)
+    )
+    await store.save(
+        "old", at.Token("Atza|o", emulator.issue_refresh_token("o"), time.time() - 100)
+    )
     table = await cli("accounts")
     assert table.status == 0, table
     lines = table.stdout.splitlines()
@@ -146,8 +152,14 @@ async def test_refresh_all_shows_a_progress_bar_on_a_terminal(
         await cli("add", f"a{n}", stdin=emulator.issue_refresh_token(f"a{n}"))
     master, slave = pty.openpty()
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "aioamztoken", "refresh", "--all",
-        stdout=asyncio.subprocess.PIPE, stderr=slave, env=cli_env,
+        sys.executable,
+        "-m",
+        "aioamztoken",
+        "refresh",
+        "--all",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=slave,
+        env=cli_env,
     )
     os.close(slave)
     out, _ = await asyncio.wait_for(proc.communicate(), 60)
@@ -225,12 +237,25 @@ async def read_line_with(stream: asyncio.StreamReader, needle: str) -> str:
             return line.strip()
 
 
-async def start_login(cli_env: dict[str, str], *extra: str) -> tuple[asyncio.subprocess.Process, str]:
+async def start_login(
+    cli_env: dict[str, str], *extra: str
+) -> tuple[asyncio.subprocess.Process, str]:
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "aioamztoken", "login", "acct", "--no-browser",
-        "--redirect-uri", "http://127.0.0.1:0/callback", "--timeout", "30", *extra,
-        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE, env=cli_env,
+        sys.executable,
+        "-m",
+        "aioamztoken",
+        "login",
+        "acct",
+        "--no-browser",
+        "--redirect-uri",
+        "http://127.0.0.1:0/callback",
+        "--timeout",
+        "30",
+        *extra,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=cli_env,
     )
     assert proc.stderr is not None
     consent_url = await read_line_with(proc.stderr, "/ap/oa?")
@@ -256,7 +281,9 @@ async def test_login_flow_with_the_test_playing_the_browser(
     assert proc.returncode == 0, err
     assert "logged in account 'acct'" in err.decode()
     stored = await store_of(cli_env).load("acct")
-    assert stored is not None and stored.access_token == emulator.current_access_token("emu-account")
+    assert stored is not None and stored.access_token == emulator.current_access_token(
+        "emu-account"
+    )
     code = parse_qs(urlsplit(redirect).query)["code"][0]
     assert code not in err.decode()
 
@@ -284,10 +311,19 @@ async def test_manual_login_reads_the_pasted_redirect_url(
     cli_env: dict[str, str], emulator: AmazonEmulator
 ) -> None:
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "aioamztoken", "login", "acct", "--no-browser", "--manual",
-        "--redirect-uri", "https://app.example.com/amazon/callback",
-        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE, env=cli_env,
+        sys.executable,
+        "-m",
+        "aioamztoken",
+        "login",
+        "acct",
+        "--no-browser",
+        "--manual",
+        "--redirect-uri",
+        "https://app.example.com/amazon/callback",
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=cli_env,
     )
     assert proc.stderr is not None and proc.stdin is not None
     consent_url = await read_line_with(proc.stderr, "/ap/oa?")
@@ -303,9 +339,19 @@ async def test_manual_login_reads_the_pasted_redirect_url(
 
 async def test_login_times_out_clearly(cli_env: dict[str, str]) -> None:
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "aioamztoken", "login", "acct", "--no-browser",
-        "--redirect-uri", "http://127.0.0.1:0/callback", "--timeout", "0.5",
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=cli_env,
+        sys.executable,
+        "-m",
+        "aioamztoken",
+        "login",
+        "acct",
+        "--no-browser",
+        "--redirect-uri",
+        "http://127.0.0.1:0/callback",
+        "--timeout",
+        "0.5",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=cli_env,
     )
     _, err = await asyncio.wait_for(proc.communicate(), 30)
     assert proc.returncode == 1

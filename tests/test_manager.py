@@ -428,3 +428,35 @@ async def test_manager_used_from_another_event_loop_raises_clearly(
 
     with pytest.raises(at.EventLoopError, match="another event loop"):
         await asyncio.to_thread(other_loop)
+
+
+async def test_a_closed_user_session_is_a_clear_error(emulator: AmazonEmulator) -> None:
+    import aiohttp
+
+    session = aiohttp.ClientSession()
+    await session.close()
+    async with at.AsyncTokenManager(
+        emulator.client_id,
+        emulator.client_secret,
+        store=at.MemoryTokenStore(),
+        token_url=emulator.token_url,
+        session=session,
+    ) as mgr:
+        await mgr.add_account("acct", emulator.issue_refresh_token("acct"))
+        with pytest.raises(at.ManagerClosedError, match="session given to the manager"):
+            await mgr.get_access_token("acct")
+
+
+async def test_a_hook_that_refreshes_its_own_account_fails_instead_of_deadlocking(
+    emulator: AmazonEmulator, make_manager: ManagerFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    mgr: at.AsyncTokenManager
+
+    async def on_refresh(account: str, token: at.Token) -> None:
+        await mgr.refresh(account)
+
+    mgr = make_manager(on_refresh=on_refresh)
+    await mgr.add_account("acct", emulator.issue_refresh_token("acct"))
+    token = await asyncio.wait_for(mgr.get_access_token("acct"), 10)
+    assert token == emulator.current_access_token("acct")
+    assert any("on_refresh hook raised RuntimeError" in r.getMessage() for r in caplog.records)

@@ -7,7 +7,7 @@ import gzip
 import io
 import json
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -53,9 +53,6 @@ async def echo(http: aiohttp.ClientSession, url: str, **kwargs: Any) -> tuple[in
     method = kwargs.pop("method", "POST")
     async with http.request(method, url, **kwargs) as resp:
         return resp.status, await resp.json()
-
-
-Middleware = Callable[[ClientRequest, ClientHandlerType], Awaitable[ClientResponse]]
 
 
 # -- headers ---------------------------------------------------------------------------
@@ -171,12 +168,6 @@ async def test_origins_must_be_a_list(mgr: at.AsyncTokenManager) -> None:
         mgr.middleware(ACCOUNT, origins="https://advertising-api.amazon.com")  # type: ignore[arg-type]
 
 
-def first_profile() -> str:
-    from aioamztoken.testing import _profiles_of
-
-    return str(_profiles_of(ACCOUNT)[0]["profileId"])
-
-
 async def completed_report(emulator: AmazonEmulator, http: aiohttp.ClientSession) -> str:
     """Create a report with ``http`` (signed for the first profile) and poll it to completion."""
     emulator.report_polls = 1
@@ -193,7 +184,9 @@ async def completed_report(emulator: AmazonEmulator, http: aiohttp.ClientSession
 async def test_a_redirect_from_the_api_to_the_download_origin_carries_no_token(
     emulator: AmazonEmulator, mgr: at.AsyncTokenManager, status: int
 ) -> None:
-    middleware = mgr.middleware(ACCOUNT, profile_id=first_profile(), origins=[emulator.api_url])
+    middleware = mgr.middleware(
+        ACCOUNT, profile_id=emulator.profile_ids(ACCOUNT)[0], origins=[emulator.api_url]
+    )
     async with aiohttp.ClientSession(middlewares=[middleware]) as http:
         report_id = await completed_report(emulator, http)
         emulator.download_redirect_status = status
@@ -205,7 +198,7 @@ async def test_a_redirect_from_the_api_to_the_download_origin_carries_no_token(
     redirect = emulator.api_log[-1]
     assert (redirect.status, redirect.path) == (status, f"/v2/reports/{report_id}/download")
     assert redirect.headers["Authorization"].startswith("Bearer ")
-    assert redirect.headers["Amazon-Advertising-API-Scope"] == first_profile()
+    assert redirect.headers["Amazon-Advertising-API-Scope"] == emulator.profile_ids(ACCOUNT)[0]
     [download] = emulator.download_log
     assert download.status == 200
     assert not any(name in download.headers for name in AMAZON_HEADERS)
@@ -214,7 +207,9 @@ async def test_a_redirect_from_the_api_to_the_download_origin_carries_no_token(
 async def test_the_download_origin_refuses_a_bearer_like_s3(
     emulator: AmazonEmulator, mgr: at.AsyncTokenManager
 ) -> None:
-    middleware = mgr.middleware(ACCOUNT, profile_id=first_profile(), origins=[emulator.api_url])
+    middleware = mgr.middleware(
+        ACCOUNT, profile_id=emulator.profile_ids(ACCOUNT)[0], origins=[emulator.api_url]
+    )
     async with aiohttp.ClientSession(middlewares=[middleware]) as http:
         report_id = await completed_report(emulator, http)
         async with http.get(f"{emulator.api_url}/reporting/reports/{report_id}") as resp:

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Iterable, Mapping
+from typing import Any, TypeVar, overload
 
 from .._errors import StorageError
 from .._models import Token
@@ -20,9 +20,11 @@ __all__ = [
     "corrupt",
     "decode_account",
     "decode_file",
+    "decode_index",
     "decode_name",
     "encode_account",
     "encode_file",
+    "encode_index",
     "encode_name",
     "lock_name",
 ]
@@ -39,9 +41,21 @@ _SAFE = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-_.@+")
 _HEX = "0123456789ABCDEF"
 
 
-def corrupt(location: str, problem: str) -> StorageError:
-    """The error for unreadable data at ``location``; ``problem`` must not quote the data."""
-    return StorageError(
+_E = TypeVar("_E", bound=StorageError)
+
+
+@overload
+def corrupt(location: str, problem: str) -> StorageError: ...
+@overload
+def corrupt(location: str, problem: str, *, error: type[_E]) -> _E: ...
+def corrupt(
+    location: str, problem: str, *, error: type[StorageError] = StorageError
+) -> StorageError:
+    """The error (``error``, a StorageError class) for unreadable data at ``location``.
+
+    ``problem`` must not quote the data.
+    """
+    return error(
         f"{location} {problem}. It was left untouched: move it aside or restore it from a "
         "backup, then try again.",
         location=location,
@@ -79,6 +93,26 @@ def decode_account(data: bytes, location: str) -> tuple[str, Token]:
     document = _load_document(data, location, {"format", "account_id", "token"})
     account_id = _account_id(document["account_id"], location, '"account_id"')
     return account_id, _token(document["token"], location, '"token"')
+
+
+def encode_index(account_ids: Iterable[str]) -> bytes:
+    """The document listing the accounts of a store that cannot list its entries (a keyring)."""
+    return _dump({"format": FORMAT, "index": sorted(account_ids)})
+
+
+def decode_index(data: bytes, location: str) -> list[str]:
+    """The account ids of an :func:`encode_index` document, each once."""
+    document = _load_document(data, location, {"format", "index"})
+    entries = document["index"]
+    if not isinstance(entries, list):
+        raise corrupt(location, 'has an "index" member that is not a JSON array')
+    account_ids = [
+        _account_id(entry, location, f'entry #{number} of "index"')
+        for number, entry in enumerate(entries, 1)
+    ]
+    if len(set(account_ids)) != len(account_ids):
+        raise corrupt(location, 'lists an account twice in "index"')
+    return account_ids
 
 
 def _dump(document: dict[str, Any]) -> bytes:
@@ -182,6 +216,9 @@ def decode_name(name: str) -> str | None:
 
 
 def lock_name(account_id: str) -> str:
-    """The file-name stem of the lock of ``account_id``: fixed length, any id."""
+    """The file-name stem of the lock of ``account_id``: fixed length, any id.
+
+    Keyring entries are named so too: any id becomes a name every backend can keep.
+    """
     digest = hashlib.sha256(validate_account_id(account_id).encode("utf-8")).hexdigest()
     return f"account-{digest}"

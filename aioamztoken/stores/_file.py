@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import functools
 import os
+from collections.abc import Mapping
 from typing import TypeAlias
 
 from .._models import Token
@@ -105,11 +106,26 @@ class FileTokenStore:
         Not re-entrant. Waiting does not block the event loop and can be cancelled; the
         lock is released when the block exits, or by the kernel if the process dies.
         """
-        return self._locks.hold(lock_name(account_id))
+        return self._locks.hold(self._lock_name(account_id))
+
+    # The document's form on disk: a subclass (EncryptedFileTokenStore) changes these three.
+
+    def _encode(self, accounts: Mapping[str, Token]) -> bytes:
+        return encode_file(accounts)
+
+    def _decode(self, data: bytes, location: str) -> tuple[dict[str, Token], bool]:
+        """The accounts in ``data``, and whether to rewrite them even if nothing changed."""
+        return decode_file(data, location), False
+
+    def _lock_name(self, account_id: str) -> str:
+        return lock_name(account_id)
 
     def _read(self) -> dict[str, Token]:
+        return self._read_document()[0]
+
+    def _read_document(self) -> tuple[dict[str, Token], bool]:
         data = read_bytes(self._path)
-        return {} if data is None else decode_file(data, str(self._path))
+        return ({}, False) if data is None else self._decode(data, str(self._path))
 
     async def _change(self, account_id: str, token: Token | None) -> None:
         batch = self._queued
@@ -150,12 +166,12 @@ class FileTokenStore:
 
     def _apply(self, changes: dict[str, _Change]) -> None:
         # Runs under the file lock: nothing can change the file between read and write.
-        accounts = self._read()
+        accounts, outdated = self._read_document()
         before = dict(accounts)
         for account_id, (token, _) in changes.items():
             if token is None:
                 accounts.pop(account_id, None)
             else:
                 accounts[account_id] = token
-        if accounts != before:
-            atomic_write(self._path, encode_file(accounts))
+        if outdated or accounts != before:
+            atomic_write(self._path, self._encode(accounts))

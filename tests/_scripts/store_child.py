@@ -7,18 +7,27 @@ hold-lock KIND PATH ACCOUNT       hold lock(ACCOUNT), print "locked", wait for a
 churn FILE DIR START              save (and delete) accounts into a FileTokenStore and a
                                   DirectoryTokenStore in a tight loop, generations from
                                   START up; print "ready" after the first round; never ends
+churn-one KIND PATH START         the same, into the one store KIND PATH
 
-KIND is "file" or "directory". Tokens are written by token_for(), which the parent uses
-to check what it reads back.
+KIND is "file", "directory", "encrypted" (an EncryptedFileTokenStore whose key is in the
+environment variable AIOAMZTOKEN_KEY) or "keyring" (a KeyringTokenStore of service PATH,
+on the backend that keyring's environment variables choose). Tokens are written by
+token_for(), which the parent uses to check what it reads back.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 
 from aioamztoken._models import Token
-from aioamztoken.stores import DirectoryTokenStore, FileTokenStore
+from aioamztoken.stores import (
+    DirectoryTokenStore,
+    EncryptedFileTokenStore,
+    FileTokenStore,
+    KeyringTokenStore,
+)
 
 #: Accounts the churn rewrites each round, and accounts it adds and deletes.
 BASE_ACCOUNTS = [f"base-{i}" for i in range(8)]
@@ -42,7 +51,14 @@ def generation_of(account_id: str, token: Token) -> int:
     return generation
 
 
-def open_store(kind: str, path: str) -> FileTokenStore | DirectoryTokenStore:
+Store = FileTokenStore | DirectoryTokenStore | KeyringTokenStore
+
+
+def open_store(kind: str, path: str) -> Store:
+    if kind == "encrypted":
+        return EncryptedFileTokenStore(path, key=os.environ["AIOAMZTOKEN_KEY"].split(","))
+    if kind == "keyring":
+        return KeyringTokenStore(path)
     return FileTokenStore(path) if kind == "file" else DirectoryTokenStore(path)
 
 
@@ -67,8 +83,7 @@ async def hold_lock(kind: str, path: str, account_id: str) -> None:
     say("released")
 
 
-async def churn(file_path: str, dir_path: str, start: int) -> None:
-    stores = (FileTokenStore(file_path), DirectoryTokenStore(dir_path))
+async def churn(stores: tuple[Store, ...], start: int) -> None:
     generation = start
     while True:
         generation += 1
@@ -89,7 +104,10 @@ def main(argv: list[str]) -> None:
     elif role == "hold-lock":
         asyncio.run(hold_lock(args[0], args[1], args[2]))
     elif role == "churn":
-        asyncio.run(churn(args[0], args[1], int(args[2])))
+        stores = (FileTokenStore(args[0]), DirectoryTokenStore(args[1]))
+        asyncio.run(churn(stores, int(args[2])))
+    elif role == "churn-one":
+        asyncio.run(churn((open_store(args[0], args[1]),), int(args[2])))
     else:
         raise SystemExit(f"unknown role {role!r}")
 

@@ -1,0 +1,70 @@
+"""A file store whose one file is encrypted and authenticated."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+
+from .._models import Token
+from ._base import validate_account_id
+from ._codec import decode_file, encode_file
+from ._crypto import TokenCipher
+from ._file import FileTokenStore
+
+__all__ = ["EncryptedFileTokenStore"]
+
+
+class EncryptedFileTokenStore(FileTokenStore):
+    """A :class:`FileTokenStore` whose file is encrypted: nothing in it is readable on disk.
+
+    The whole document (account ids, access and refresh tokens) is encrypted and
+    authenticated with AES-256-GCM by a :class:`~aioamztoken.stores.TokenCipher`; the file
+    (mode 0600) holds only that blob. The key is never written anywhere by the store.
+
+    ``key`` is one key or a list of keys, each made by :meth:`generate_key`: the first
+    encrypts, every one decrypts. To rotate, pass ``[new, old]``: what ``old`` wrote is
+    read, and the next save rewrites the whole file under ``new``, after which ``old``
+    may be dropped. A malformed key raises ``ValueError`` (its message never shows it).
+
+    Where the key comes from is up to the application:
+
+    - explicitly: ``EncryptedFileTokenStore(path, key=key)``;
+    - the environment: ``key=os.environ["AIOAMZTOKEN_KEY"].split(",")``; this is what
+      ``open_store("encrypted-file:///path")`` and the command line do (choose another
+      variable with ``?key_env=NAME``; a comma separates keys for rotation);
+    - the OS keyring: ``key=keyring.get_password("myapp", "encryption-key").split(",")``;
+      ``open_store("encrypted-file:///path?key_keyring=myapp")`` reads the
+      ``encryption-key`` entry of the ``myapp`` service.
+
+    A file that cannot be decrypted (a wrong key, any byte changed, not an encrypted
+    file) makes every method raise :class:`~aioamztoken.DecryptionError`, a
+    :class:`~aioamztoken.StorageError` naming the file, and the file is never overwritten
+    or deleted. Locks, batched writes, atomic replacement and crash safety are those of
+    :class:`FileTokenStore`; the lock files in ``.<name>.locks/`` are named by a keyed
+    hash of the account id, so their names reveal no id. Processes that encrypt under
+    different first keys (midway through a rotation) name the locks differently, so
+    their refreshes of one account may then overlap: at worst one extra token request.
+
+    Cost: a :class:`FileTokenStore`'s, plus microseconds to encrypt or decrypt the file.
+    Safe to share between tasks on one event loop and between processes; not thread-safe.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, key: str | Sequence[str]) -> None:
+        self._cipher = TokenCipher(key)
+        super().__init__(path)
+
+    @staticmethod
+    def generate_key() -> str:
+        """A new random key (43 URL-safe base64 characters): keep it away from the file."""
+        return TokenCipher.generate_key()
+
+    def _encode(self, accounts: Mapping[str, Token]) -> bytes:
+        return self._cipher.encrypt(encode_file(accounts))
+
+    def _decode(self, data: bytes, location: str) -> tuple[dict[str, Token], bool]:
+        plaintext, outdated = self._cipher.decrypt(data, location=location)
+        return decode_file(plaintext, location), outdated
+
+    def _lock_name(self, account_id: str) -> str:
+        digest = self._cipher.keyed_hash(validate_account_id(account_id).encode("utf-8"))
+        return f"account-{digest}"

@@ -1,0 +1,203 @@
+"""The cost of one save with 10 accounts stored, against the cost with 10,000, per store.
+
+Run: ``.venv/bin/python bench/bench_stores.py`` (about 30 s; ``--quick``: about 10 s).
+
+For each store (memory, file, directory, encrypted file, Redis when ``redis-server`` is
+on the PATH) two instances are filled, one with 10 accounts and one with 10,000; then
+single saves of existing accounts are timed one at a time, alternating between the two
+in rounds, and the medians compared. The file stores keep every account in one document,
+so their save rewrites it all: their cost grows with the number of accounts by design.
+The directory and Redis stores touch one account per save.
+
+Filling: the file stores through ``save`` (concurrent saves are written together), the
+directory by writing the same account files ``save`` would write (without fsync, to be
+quick), Redis through ``save``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import random
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[1]))
+
+import aioamztoken as at
+from aioamztoken.stores._codec import encode_account, encode_name
+from aioamztoken.stores._crypto import TokenCipher
+from bench._common import Row, finish, parse_args, repo_on_path
+
+SMALL, LARGE = 10, 10_000
+#: Saves timed per size and round, and rounds, per store (slow stores get fewer).
+PLAN = {
+    "memory": (500, 6),
+    "redis": (100, 6),
+    "directory": (30, 6),
+    "file": (4, 4),
+    "encrypted-file": (4, 4),
+}
+
+
+def account_ids(count: int) -> list[str]:
+    return [f"amzn1.account.{n:06d}" for n in range(count)]
+
+
+def token_for(n: int) -> at.Token:
+    """A token with the lengths of real LwA tokens (about 400 characters each)."""
+    return at.Token(
+        "Atza|" + f"{n:08d}" * 48, "Atzr|" + f"{n:08d}" * 48, time.time() + 3600, scope="s"
+    )
+
+
+def populate_directory(path: Path, count: int) -> None:
+    """Write ``count`` account files as DirectoryTokenStore.save does (without fsync)."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    for n, account_id in enumerate(account_ids(count)):
+        target = path / f"{encode_name(account_id)}.json"
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.write(fd, encode_account(account_id, token_for(n)))
+        finally:
+            os.close(fd)
+
+
+async def fill(store: at.TokenStore, count: int) -> None:
+    ids = account_ids(count)
+    for start in range(0, count, 500):
+        chunk = ids[start : start + 500]
+        await asyncio.gather(*(store.save(a, token_for(start + i)) for i, a in enumerate(chunk)))
+
+
+@contextlib.contextmanager
+def redis_server() -> Iterator[str | None]:
+    repo_on_path()
+    from tests.redis_server import REDIS_SERVER, RedisServer
+
+    if REDIS_SERVER is None:
+        yield None
+        return
+    server = RedisServer().start()
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
+StoreFactory = Callable[[Path, int], at.TokenStore]
+
+
+@contextlib.asynccontextmanager
+async def open_pair(
+    kind: str, base: Path, redis_url: str | None
+) -> AsyncIterator[tuple[at.TokenStore, at.TokenStore]]:
+    """A store with SMALL accounts and one with LARGE, filled."""
+    key = TokenCipher.generate_key()
+    stores: list[at.TokenStore] = []
+    for count in (SMALL, LARGE):
+        where = base / f"{kind}-{count}"
+        store: at.TokenStore
+        if kind == "memory":
+            store = at.MemoryTokenStore()
+        elif kind == "file":
+            store = at.FileTokenStore(where / "tokens.json")
+        elif kind == "encrypted-file":
+            store = at.stores.EncryptedFileTokenStore(where / "tokens.bin", key=key)
+        elif kind == "directory":
+            populate_directory(where, count)
+            store = at.DirectoryTokenStore(where)
+        else:
+            assert redis_url is not None
+            store = at.RedisTokenStore(redis_url, namespace=f"bench-{count}")
+        if kind != "directory":
+            await fill(store, count)
+        assert len(await store.accounts()) == count
+        stores.append(store)
+    try:
+        yield stores[0], stores[1]
+    finally:
+        for store in stores:
+            if isinstance(store, at.RedisTokenStore):
+                await store.aclose()
+
+
+@dataclass(frozen=True)
+class SaveCost:
+    kind: str
+    small_us: float
+    large_us: float
+
+    @property
+    def ratio(self) -> float:
+        return self.large_us / self.small_us
+
+
+async def save_cost(
+    kind: str, base: Path, redis_url: str | None, *, saves: int, rounds: int
+) -> SaveCost:
+    rng = random.Random(1)
+    times: dict[int, list[float]] = {SMALL: [], LARGE: []}
+    async with open_pair(kind, base, redis_url) as (small, large):
+        for number in range(rounds):
+            pairs = [(SMALL, small), (LARGE, large)]
+            for count, store in pairs if number % 2 == 0 else pairs[::-1]:
+                ids = account_ids(count)
+                for _ in range(saves):
+                    n = rng.randrange(count)
+                    token = token_for(n + number + 1)
+                    started = time.perf_counter()
+                    await store.save(ids[n], token)
+                    times[count].append(time.perf_counter() - started)
+    return SaveCost(
+        kind,
+        statistics.median(times[SMALL]) * 1e6,
+        statistics.median(times[LARGE]) * 1e6,
+    )
+
+
+async def run(*, quick: bool = False, kinds: tuple[str, ...] = tuple(PLAN)) -> list[SaveCost]:
+    results = []
+    with tempfile.TemporaryDirectory() as tmp, redis_server() as redis_url:
+        for kind in kinds:
+            if kind == "redis" and redis_url is None:
+                print("  redis: redis-server not on the PATH, skipped")
+                continue
+            saves, rounds = PLAN[kind]
+            if quick:
+                saves, rounds = max(2, saves // 4), max(2, rounds // 2)
+            cost = await save_cost(kind, Path(tmp), redis_url, saves=saves, rounds=rounds)
+            print(
+                f"  {kind:15} {cost.small_us:10.1f} us at {SMALL:,}  {cost.large_us:10.1f} us at "
+                f"{LARGE:,}  ratio {cost.ratio:6.2f}x  ({saves} saves x {rounds} rounds each)"
+            )
+            results.append(cost)
+    return results
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(__doc__.splitlines()[0], argv)
+    started = time.monotonic()
+    print(f"median cost of one save, {SMALL:,} accounts stored vs {LARGE:,}:")
+    costs = asyncio.run(run(quick=args.quick))
+    rows = [
+        Row(
+            f"save cost at {LARGE:,} vs {SMALL:,} accounts: {c.kind}",
+            f"{c.large_us:.0f} us",
+            f"{c.small_us:.0f} us",
+            f"{c.ratio:.2f}x",
+        )
+        for c in costs
+    ]
+    finish("store save cost summary", rows, args, started)
+
+
+if __name__ == "__main__":
+    main()
