@@ -14,7 +14,8 @@ class Region(str, enum.Enum):
     """An Amazon Ads region: ``"na"``, ``"eu"`` or ``"fe"``.
 
     Each knows its Login with Amazon token URL, its consent (authorization) URL and its
-    Ads API host. Tokens from any region's endpoint work in every region.
+    Ads API host. Tokens from any region's endpoint work in every region. Immutable: safe
+    to share between tasks and threads.
     """
 
     NA = "na"
@@ -84,7 +85,8 @@ class Token:
 
     ``expires_at`` is wall-clock POSIX seconds. ``repr()`` and ``str()`` never show
     either token. A token whose ``access_token`` is empty has never been fetched
-    (``add_account`` stores one like that) and is refreshed on first use.
+    (``add_account`` stores one like that) and is refreshed on first use. Immutable (a
+    frozen dataclass): safe to share between tasks and threads.
     """
 
     access_token: str = field(repr=False)
@@ -137,7 +139,7 @@ class Token:
 
 
 class AccountState(str, enum.Enum):
-    """Where an account's token stands."""
+    """Where an account's token stands. Immutable: safe to share between tasks and threads."""
 
     FRESH = "fresh"
     """Valid and outside the refresh buffer."""
@@ -154,7 +156,10 @@ class AccountState(str, enum.Enum):
 
 @dataclass(frozen=True, slots=True)
 class AccountStatus:
-    """What :meth:`AsyncTokenManager.status` reports for one account."""
+    """What :meth:`AsyncTokenManager.status` reports for one account, at one moment.
+
+    Immutable (a frozen dataclass): safe to share between tasks and threads.
+    """
 
     account_id: str
     state: AccountState

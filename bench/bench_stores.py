@@ -182,6 +182,10 @@ async def run(*, quick: bool = False, kinds: tuple[str, ...] = tuple(PLAN)) -> l
     return results
 
 
+def micros(value: float) -> str:
+    return f"{value:.1f} us" if value < 10 else f"{value:,.0f} us"
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(__doc__.splitlines()[0], argv)
     started = time.monotonic()
@@ -190,8 +194,8 @@ def main(argv: list[str] | None = None) -> None:
     rows = [
         Row(
             f"save cost at {LARGE:,} vs {SMALL:,} accounts: {c.kind}",
-            f"{c.large_us:.0f} us",
-            f"{c.small_us:.0f} us",
+            f"{micros(c.large_us)} at {LARGE:,}",
+            f"{micros(c.small_us)} at {SMALL:,}",
             f"{c.ratio:.2f}x",
         )
         for c in costs

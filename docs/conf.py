@@ -21,9 +21,11 @@ extensions = [
 # The docstrings are plain reStructuredText (no Google/NumPy sections), so no napoleon:
 # it would read "Valid, inside the refresh buffer: ..." attribute docstrings as types.
 autodoc_member_order = "bysource"
-autodoc_typehints = "description"
-autodoc_default_options = {"members": True, "show-inheritance": True}
-autodoc_preserve_defaults = True
+# Types go in the signatures (one parameter per line when long): the docstrings describe
+# parameters in prose, so "description" mode would only add lists of bare types.
+autodoc_typehints = "signature"
+python_maximum_signature_line_length = 88
+autodoc_default_options = {"members": True}  # api.rst shows bases where they say something
 
 # Every cross-reference must resolve (with -W, a broken one fails the build). The docs
 # build offline, so there is no intersphinx: names from the standard library and from

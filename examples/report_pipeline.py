@@ -35,10 +35,10 @@ import gzip
 import json
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass, field
 from datetime import date, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 
@@ -57,6 +57,7 @@ __all__ = [
 
 #: The media type Amazon's v3 reporting API expects for report creation.
 CREATE_REPORT_TYPE = "application/vnd.createasyncreportrequest.v3+json"
+T = TypeVar("T")
 COLUMNS = ("campaignId", "campaignName", "impressions", "clicks", "cost", "purchases7d", "sales7d")
 
 
@@ -232,10 +233,23 @@ async def run_pipeline(
         async def one_account(account_id: str) -> list[ReportResult]:
             async with mgr.session(account_id, **options) as http:
                 profiles = await list_profiles(http)
-            return list(await asyncio.gather(*(one_profile(account_id, p) for p in profiles)))
+            return await _all_or_none([one_profile(account_id, p) for p in profiles])
 
-        per_account = await asyncio.gather(*(one_account(a) for a in account_ids))
+        per_account = await _all_or_none([one_account(a) for a in account_ids])
     return [result for results in per_account for result in results]
+
+
+async def _all_or_none(coroutines: list[Coroutine[Any, Any, T]]) -> list[T]:
+    """Run concurrently; on the first failure cancel the rest and raise it (a TaskGroup
+    in Python 3.11+, written out for 3.10)."""
+    tasks = [asyncio.ensure_future(c) for c in coroutines]
+    try:
+        return list(await asyncio.gather(*tasks))
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
 
 
 # ---- running it against the emulator ------------------------------------------------

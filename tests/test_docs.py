@@ -49,11 +49,24 @@ _OPTION = re.compile(r"^[ \t]+:(?P<name>[\w-]+):[ \t]*(?P<value>.*)$")
 
 
 @dataclasses.dataclass(frozen=True)
+class Block:
+    """One ``code-block`` of a page: its language, ``:class:`` values and text."""
+
+    page: str
+    line: int
+    lang: str
+    classes: frozenset[str]
+    code: str
+
+
+@dataclasses.dataclass(frozen=True)
 class Example:
     page: str
     line: int
     kinds: frozenset[str]
     code: str
+    output: str | None = None
+    """The text of a ``:class: output`` block right after the example: its exact stdout."""
 
     @property
     def where(self) -> str:
@@ -64,28 +77,41 @@ def _indent(line: str) -> int:
     return len(line) - len(line.lstrip())
 
 
+def code_blocks(path: Path) -> list[Block]:
+    blocks = []
+    lines = path.read_text(encoding="utf-8").splitlines()
+    i = 0
+    while i < len(lines):
+        match = _DIRECTIVE.match(lines[i])
+        i += 1
+        if match is None:
+            continue
+        start, indent, classes = i, len(match["indent"]), set()
+        while i < len(lines) and (option := _OPTION.match(lines[i])):
+            if option["name"] == "class":
+                classes.update(option["value"].split())
+            i += 1
+        body = []
+        while i < len(lines) and (not lines[i].strip() or _indent(lines[i]) > indent):
+            body.append(lines[i])
+            i += 1
+        code = textwrap.dedent("\n".join(body)).strip("\n") + "\n"
+        blocks.append(Block(path.name, start, match["lang"], frozenset(classes), code))
+    return blocks
+
+
 def python_examples() -> list[Example]:
     """Every Python code block of the docs, with the kinds its ``:class:`` option names."""
     examples = []
     for path in sorted(DOCS.glob("*.rst")):
-        lines = path.read_text(encoding="utf-8").splitlines()
-        i = 0
-        while i < len(lines):
-            match = _DIRECTIVE.match(lines[i])
-            i += 1
-            if match is None or match["lang"] not in ("python", "python3", "py"):
+        blocks = code_blocks(path)
+        for n, block in enumerate(blocks):
+            if block.lang not in ("python", "python3", "py"):
                 continue
-            start, indent, classes = i, len(match["indent"]), set()
-            while i < len(lines) and (option := _OPTION.match(lines[i])):
-                if option["name"] == "class":
-                    classes.update(option["value"].split())
-                i += 1
-            body = []
-            while i < len(lines) and (not lines[i].strip() or _indent(lines[i]) > indent):
-                body.append(lines[i])
-                i += 1
-            code = textwrap.dedent("\n".join(body)).strip("\n") + "\n"
-            examples.append(Example(path.name, start, frozenset(classes & KINDS), code))
+            after = blocks[n + 1] if n + 1 < len(blocks) else None
+            output = after.code if after is not None and "output" in after.classes else None
+            kinds = frozenset(block.classes & KINDS)
+            examples.append(Example(block.page, block.line, kinds, block.code, output))
     return examples
 
 
@@ -153,14 +179,28 @@ def test_runnable_examples_never_reach_amazon() -> None:
         assert not _AMAZON_URL.search(example.code), f"{example.where} names an Amazon URL"
         assert "…" not in example.code, f"{example.where} has a placeholder"
         if "TokenManager(" in example.code:
-            assert "token_url=" in example.code, f"{example.where} would call Amazon"
+            assert "token_url" in example.code, f"{example.where} would call Amazon"
+
+
+def test_examples_fit_the_page() -> None:
+    # Longer lines scroll sideways in the rendered page.
+    long = [
+        f"{e.where} (+{n})"
+        for e in EXAMPLES
+        for n, line in enumerate(e.code.splitlines(), 1)
+        if len(line) > 88
+    ]
+    assert not long, f"lines over 88 characters: {long}"
 
 
 @pytest.mark.parametrize("example", RUNNABLE, ids=[e.where for e in RUNNABLE])
 def test_runnable_example(example: Example, tmp_path: Path) -> None:
     script = tmp_path / "example.py"
     script.write_text(example.code, encoding="utf-8")
-    _assert_ran(example, _run([sys.executable, "-W", "error", str(script)], tmp_path))
+    done = _run([sys.executable, "-W", "error", str(script)], tmp_path)
+    _assert_ran(example, done)
+    if example.output is not None:
+        assert done.stdout == example.output, f"{example.where}: the output shown differs"
 
 
 @pytest.fixture(scope="module")
@@ -199,7 +239,7 @@ def test_runnable_pytest_example(example: Example, tmp_path: Path) -> None:
 # ---------------------------------------------------------------------- the reference
 
 _AUTODOC = re.compile(
-    r"^\.\. (?:auto(?:class|function|exception|data|module)|py:data|py:function)::\s+(\S+)",
+    r"^\.\. (?:auto(?:class|function|exception|data|module)|py:data|py:function)::\s+([\w.]+)",
     re.M,
 )
 

@@ -127,6 +127,13 @@ def test_padding_and_surrounding_blanks_of_a_key_are_accepted() -> None:
     assert TokenCipher(f"  {KEY}=\n").decrypt(blob, location="here") == (b"x", False)
 
 
+def test_a_string_of_comma_separated_keys_is_a_list_of_keys() -> None:
+    old_blob = TokenCipher(OLD_KEY).encrypt(b"old")
+    assert TokenCipher(f"{KEY}, {OLD_KEY}\n").decrypt(old_blob, location="here") == (b"old", True)
+    with pytest.raises(ValueError, match=r"key #2 \(of 2\)"):
+        TokenCipher(f"{KEY},")
+
+
 def test_the_repr_counts_keys_and_shows_none() -> None:
     assert repr(TokenCipher(KEY)) == "TokenCipher(<1 key>)"
     assert repr(TokenCipher([KEY, OLD_KEY])) == "TokenCipher(<2 keys>)"

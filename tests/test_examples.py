@@ -77,8 +77,8 @@ async def test_pipeline_fetches_every_profiles_report_and_s3_never_sees_the_toke
     )
     # S3 got every download, none with a bearer or any Amazon header.
     assert [r.status for r in emulator.download_log] == [200] * 6
-    for record in emulator.download_log:
-        assert not any(name in record.headers for name in AMAZON_HEADERS)
+    for download in emulator.download_log:
+        assert not any(name in download.headers for name in AMAZON_HEADERS)
     assert emulator.token_requests == 3
 
 

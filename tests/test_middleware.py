@@ -165,7 +165,7 @@ async def test_origins_must_be_bare_origins(mgr: at.AsyncTokenManager, origin: s
 
 async def test_origins_must_be_a_list(mgr: at.AsyncTokenManager) -> None:
     with pytest.raises(TypeError):
-        mgr.middleware(ACCOUNT, origins="https://advertising-api.amazon.com")  # type: ignore[arg-type]
+        mgr.middleware(ACCOUNT, origins="https://advertising-api.amazon.com")
 
 
 async def completed_report(emulator: AmazonEmulator, http: aiohttp.ClientSession) -> str:
@@ -362,9 +362,9 @@ async def test_request_bodies_are_sent_again_intact_on_the_retry(
     try:
         status, body = await echo(http, f"{emulator.api_url}/echo", **kwargs)
     finally:
-        data = kwargs.get("data")
-        if hasattr(data, "close"):
-            data.close()
+        close = getattr(kwargs.get("data"), "close", None)
+        if close is not None:
+            close()
     assert status == 200
     first, retry = emulator.api_log
     assert first.status == 401

@@ -14,6 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+pytest.importorskip("redis", reason="redis-py is not installed: pip install 'aioamztoken[redis]'")
+
 import redis.asyncio
 
 import aioamztoken as at
@@ -488,6 +491,11 @@ async def test_encrypted_values_are_unreadable_without_the_key(
     value = await raw.hget("aioamztoken:tokens", "acct")
     assert b"Atza|" not in value
     assert b"Atzr|" not in value
+    await raw.hset("aioamztoken:tokens", "moved", value)
+    async with at.RedisTokenStore(redis_url, key=key) as store:
+        with pytest.raises(at.StorageError, match="another account"):
+            await store.load("moved")
+    await raw.hdel("aioamztoken:tokens", "moved")
     async with at.RedisTokenStore(redis_url) as plain:
         with pytest.raises(at.StorageError, match="'acct'"):
             await plain.load("acct")

@@ -102,10 +102,17 @@ def files_under(path: Path) -> list[Path]:
 def test_the_package_exports_exactly_the_stores_and_protocols() -> None:
     assert aioamztoken.stores.__all__ == [
         "DirectoryTokenStore",
+        "EncryptedFileTokenStore",
         "FileTokenStore",
+        "KeyringTokenStore",
         "LockingTokenStore",
         "MemoryTokenStore",
+        "MigrationReport",
+        "RedisTokenStore",
+        "TokenCipher",
         "TokenStore",
+        "migrate",
+        "open_store",
     ]
 
 

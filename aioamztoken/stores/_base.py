@@ -17,6 +17,10 @@ class TokenStore(Protocol):
     Account ids are non-empty strings. ``save`` must be atomic: a reader sees the old
     record or the new one, never a torn one. Data the store cannot read must raise
     :class:`~aioamztoken.StorageError` and must never be overwritten or deleted.
+
+    Concurrency: the manager calls a store from its event loop, concurrently for
+    different accounts, so a store must be safe to share between tasks on one event loop
+    and must not block it (run blocking I/O in a worker thread).
     """
 
     async def load(self, account_id: str) -> Token | None:
@@ -41,7 +45,9 @@ class LockingTokenStore(TokenStore, Protocol):
     """A store that also offers a per-account lock shared by every process using it.
 
     The token manager holds ``lock(account_id)`` around a refresh and re-reads the store
-    inside it, so that processes sharing the store refresh an account once.
+    inside it, so that processes sharing the store refresh an account once. The lock must
+    exclude every other holder of the same account's lock: other tasks on the event loop,
+    and other processes sharing the store.
     """
 
     def lock(self, account_id: str) -> contextlib.AbstractAsyncContextManager[None]:

@@ -80,7 +80,8 @@ def _parse_key(key: object, number: int, count: int) -> bytes:
 class TokenCipher:
     """Encrypts and authenticates blobs with AES-256-GCM under a list of keys.
 
-    ``key`` is one key, or a sequence of keys: the first encrypts, every one decrypts, so
+    ``key`` is one key, a string of keys separated by commas (as an environment variable
+    holds them), or a sequence of keys: the first encrypts, every one decrypts, so
     that keys can be rotated (``[new, old]`` reads what ``old`` wrote, and a rewrite puts
     it under ``new``). Keys come from :meth:`generate_key`; a malformed one raises
     ``ValueError`` (``TypeError`` if not a ``str``), whose message never shows it.
@@ -96,7 +97,7 @@ class TokenCipher:
     __slots__ = ("_keys",)
 
     def __init__(self, key: str | Sequence[str]) -> None:
-        keys: Sequence[object] = [key] if isinstance(key, str) else key
+        keys: Sequence[object] = key.split(",") if isinstance(key, str) else key
         if isinstance(keys, (bytes, bytearray)) or not isinstance(keys, Sequence):
             raise TypeError("key must be a str, or a sequence of str (first writes, all read)")
         if not keys:

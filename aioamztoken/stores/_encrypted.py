@@ -21,18 +21,19 @@ class EncryptedFileTokenStore(FileTokenStore):
     authenticated with AES-256-GCM by a :class:`~aioamztoken.stores.TokenCipher`; the file
     (mode 0600) holds only that blob. The key is never written anywhere by the store.
 
-    ``key`` is one key or a list of keys, each made by :meth:`generate_key`: the first
-    encrypts, every one decrypts. To rotate, pass ``[new, old]``: what ``old`` wrote is
-    read, and the next save rewrites the whole file under ``new``, after which ``old``
-    may be dropped. A malformed key raises ``ValueError`` (its message never shows it).
+    ``key`` is one key, a list of keys or a string of keys separated by commas, each made
+    by :meth:`generate_key`: the first encrypts, every one decrypts. To rotate, pass
+    ``[new, old]`` (or ``"new,old"``): what ``old`` wrote is read, and the next save
+    rewrites the whole file under ``new``, after which ``old`` may be dropped. A
+    malformed key raises ``ValueError`` (its message never shows it).
 
     Where the key comes from is up to the application:
 
     - explicitly: ``EncryptedFileTokenStore(path, key=key)``;
-    - the environment: ``key=os.environ["AIOAMZTOKEN_KEY"].split(",")``; this is what
+    - the environment: ``key=os.environ["AIOAMZTOKEN_KEY"]``; this is what
       ``open_store("encrypted-file:///path")`` and the command line do (choose another
       variable with ``?key_env=NAME``; a comma separates keys for rotation);
-    - the OS keyring: ``key=keyring.get_password("myapp", "encryption-key").split(",")``;
+    - the OS keyring: ``key=keyring.get_password("myapp", "encryption-key")``;
       ``open_store("encrypted-file:///path?key_keyring=myapp")`` reads the
       ``encryption-key`` entry of the ``myapp`` service.
 

@@ -22,6 +22,8 @@ class MigrationReport:
 
     ``copied`` lists the accounts written to the target and read back equal; ``skipped``
     and ``failed`` map account ids to the reason. ``ok`` is true when nothing failed.
+    A frozen dataclass, built once and never changed by aioamztoken: safe to read from
+    any task or thread.
     """
 
     source: str

@@ -129,9 +129,12 @@ class RedisTokenStore:
       when it is called.
     - ``{namespace}:lock:{account id}``: the account's lock while someone holds it.
 
-    With ``key=`` (a :class:`~aioamztoken.stores.TokenCipher` key, or several to rotate them, newest first)
-    each value is encrypted as the encrypted file store does it: values written under an
-    older key are read, and the next save of the account writes it under the newest key.
+    With ``key=`` (a :class:`~aioamztoken.stores.TokenCipher` key, or several to rotate
+    them, newest first) each value is encrypted as the encrypted file store does it:
+    values written under an older key are read, the next save of the account writes it
+    under the newest key, and :meth:`reencrypt` moves the idle ones. The account ids (the
+    field names) stay readable; each encrypted value names its account, so a value moved
+    to another field is refused.
 
     **Lock.** ``lock(account_id)`` is a lock shared by everyone using the same Redis and
     namespace: ``SET NX PX`` with a random token, released only by its holder (a Lua

@@ -1,4 +1,4 @@
-"""A child process for tests/test_store_processes.py: one role per first argument.
+"""A child process for the store tests that need processes: one role per first argument.
 
 save-many KIND PATH PREFIX COUNT  print "ready", wait for a line on stdin, save COUNT
                                   accounts PREFIX-0.. concurrently, print "done"
@@ -56,7 +56,7 @@ Store = FileTokenStore | DirectoryTokenStore | KeyringTokenStore
 
 def open_store(kind: str, path: str) -> Store:
     if kind == "encrypted":
-        return EncryptedFileTokenStore(path, key=os.environ["AIOAMZTOKEN_KEY"].split(","))
+        return EncryptedFileTokenStore(path, key=os.environ["AIOAMZTOKEN_KEY"])
     if kind == "keyring":
         return KeyringTokenStore(path)
     return FileTokenStore(path) if kind == "file" else DirectoryTokenStore(path)
