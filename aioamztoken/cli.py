@@ -87,8 +87,8 @@ def default_store_url(environ: dict[str, str] | None = None) -> str:
     env = os.environ if environ is None else environ
     base = Path(platformdirs.user_data_dir("aioamztoken"))
     if env.get("AIOAMZTOKEN_KEY"):
-        return f"encrypted-file://{base / 'tokens.enc'}"
-    return f"file://{base / 'tokens.json'}"
+        return "encrypted-" + (base / "tokens.enc").as_uri()
+    return (base / "tokens.json").as_uri()
 
 
 def _build_parser() -> argparse.ArgumentParser:

@@ -97,7 +97,8 @@ async def test_add_reads_stdin_and_token_prints_only_the_access_token(
     assert again.stdout == done.stdout  # served from the store, no second request
     assert emulator.token_requests == 1
     stored = await store_of(cli_env).load("acct")
-    assert stored is not None and stored.refresh_token == refresh_token
+    assert stored is not None
+    assert stored.refresh_token == refresh_token
 
 
 async def test_add_refuses_an_empty_stdin(cli: Runner) -> None:
@@ -174,7 +175,8 @@ async def test_refresh_all_shows_a_progress_bar_on_a_terminal(
         terminal += chunk
     os.close(master)
     assert proc.returncode == 0
-    assert b"4/4" in terminal and b"[####" in terminal
+    assert b"4/4" in terminal
+    assert b"[####" in terminal
     assert b"refreshed 4 of 4" in out
 
 
@@ -267,7 +269,8 @@ async def test_login_flow_with_the_test_playing_the_browser(
 ) -> None:
     proc, consent_url = await start_login(cli_env)
     query = parse_qs(urlsplit(consent_url).query)
-    assert query["code_challenge_method"] == ["S256"] and len(query["state"][0]) >= 32
+    assert query["code_challenge_method"] == ["S256"]
+    assert len(query["state"][0]) >= 32
     assert query["redirect_uri"][0].startswith("http://127.0.0.1:")
     async with aiohttp.ClientSession() as browser:
         async with browser.get(consent_url, allow_redirects=False) as consent:
@@ -281,9 +284,8 @@ async def test_login_flow_with_the_test_playing_the_browser(
     assert proc.returncode == 0, err
     assert "logged in account 'acct'" in err.decode()
     stored = await store_of(cli_env).load("acct")
-    assert stored is not None and stored.access_token == emulator.current_access_token(
-        "emu-account"
-    )
+    assert stored is not None
+    assert stored.access_token == emulator.current_access_token("emu-account")
     code = parse_qs(urlsplit(redirect).query)["code"][0]
     assert code not in err.decode()
 
@@ -325,7 +327,8 @@ async def test_manual_login_reads_the_pasted_redirect_url(
         stderr=asyncio.subprocess.PIPE,
         env=cli_env,
     )
-    assert proc.stderr is not None and proc.stdin is not None
+    assert proc.stderr is not None
+    assert proc.stdin is not None
     consent_url = await read_line_with(proc.stderr, "/ap/oa?")
     async with aiohttp.ClientSession() as browser:
         async with browser.get(consent_url, allow_redirects=False) as consent:
@@ -394,9 +397,11 @@ def test_default_store_is_in_the_user_data_directory() -> None:
     from aioamztoken.cli import default_store_url
 
     plain = default_store_url({})
-    assert plain.startswith("file://") and plain.endswith("aioamztoken/tokens.json")
+    assert plain.startswith("file://")
+    assert plain.endswith("aioamztoken/tokens.json")
     encrypted = default_store_url({"AIOAMZTOKEN_KEY": "k"})
-    assert encrypted.startswith("encrypted-file://") and encrypted.endswith("tokens.enc")
+    assert encrypted.startswith("encrypted-file://")
+    assert encrypted.endswith("tokens.enc")
 
 
 def test_exit_codes_are_documented_in_help() -> None:

@@ -724,7 +724,7 @@ async def test_echo_returns_exactly_what_arrived(
 
 
 @pytest.mark.parametrize(
-    "path", ["/v2/sp/campaigns", "/reporting/reports", "/sb/v4/campaigns/list", "/"]
+    "path", ["/v2/sp/campaigns", "/sp/targets/list", "/sb/v4/campaigns/list", "/"]
 )
 async def test_any_other_ads_api_path_answers_ok(
     amazon: AmazonEmulator, http: aiohttp.ClientSession, path: str

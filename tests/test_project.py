@@ -38,7 +38,8 @@ def test_demo_runs_and_reports_in_a_subprocess() -> None:
     assert "token requests made" in done.stdout
     assert "callers served" in done.stdout
     assert "result                   ok" in done.stdout
-    assert "Atza|" not in done.stdout and "Atzr|" not in done.stdout
+    assert "Atza|" not in done.stdout
+    assert "Atzr|" not in done.stdout
     assert done.stderr == ""
 
 
