@@ -55,10 +55,12 @@ class SoakResult:
                 f"endpoint failing ~10% with 503 and 0-150 ms latency",
                 f"  caller calls             {self.calls}",
                 f"  caller errors            {self.caller_errors}  (must be 0)",
-                f"  refreshes                {self.refreshes} after {self.initial_grants} first fetches",
+                f"  refreshes                {self.refreshes} "
+                f"after {self.initial_grants} first fetches",
                 f"  ideal (1 per lifetime)   {self.ideal_refreshes:.0f}",
                 f"  refreshes / ideal        {self.ratio:.2f}x  (must be <= 1.6x)",
-                f"  token requests           {self.token_requests} ({self.failed_requests} failed, retried)",
+                f"  token requests           {self.token_requests} "
+                f"({self.failed_requests} failed, retried)",
                 f"  peak requests in flight  {self.peak_in_flight}  (cap {self.cap})",
                 f"  result                   {'ok' if self.ok else 'FAILED'}",
             ]

@@ -330,9 +330,11 @@ async def test_manual_login_reads_the_pasted_redirect_url(
     assert proc.stderr is not None
     assert proc.stdin is not None
     consent_url = await read_line_with(proc.stderr, "/ap/oa?")
-    async with aiohttp.ClientSession() as browser:
-        async with browser.get(consent_url, allow_redirects=False) as consent:
-            redirect = consent.headers["Location"]
+    async with (
+        aiohttp.ClientSession() as browser,
+        browser.get(consent_url, allow_redirects=False) as consent,
+    ):
+        redirect = consent.headers["Location"]
     assert redirect.startswith("https://app.example.com/amazon/callback?")
     proc.stdin.write(redirect.encode() + b"\n")
     _, err = await asyncio.wait_for(proc.communicate(), 30)
