@@ -7,7 +7,7 @@ import contextlib
 import inspect
 import random
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -421,16 +421,9 @@ class AsyncTokenManager:
         if lock is None:
             yield
             return
-        try:
+        with self._store_errors(f"take the lock of account {account_id!r}"):
             cm = lock(account_id)
             await cm.__aenter__()
-        except AmzTokenError:
-            raise
-        except Exception as exc:
-            raise StorageError(
-                f"could not take the store's lock for account {account_id!r}: {type(exc).__name__}",
-                location=repr(self.store),
-            ) from exc
         try:
             yield
         except BaseException as exc:
@@ -439,27 +432,25 @@ class AsyncTokenManager:
         else:
             await cm.__aexit__(None, None, None)
 
-    async def _load(self, account_id: str) -> Token | None:
+    @contextlib.contextmanager
+    def _store_errors(self, action: str) -> Iterator[None]:
+        """Map whatever a (user-written) store raises to :class:`StorageError`."""
         try:
-            return await self.store.load(account_id)
+            yield
         except AmzTokenError:
             raise
         except Exception as exc:
             raise StorageError(
-                f"store failed to load account {account_id!r}: {type(exc).__name__}",
-                location=repr(self.store),
+                f"store failed to {action}: {type(exc).__name__}", location=repr(self.store)
             ) from exc
 
+    async def _load(self, account_id: str) -> Token | None:
+        with self._store_errors(f"load account {account_id!r}"):
+            return await self.store.load(account_id)
+
     async def _save(self, account_id: str, token: Token) -> None:
-        try:
+        with self._store_errors(f"save account {account_id!r}"):
             await self.store.save(account_id, token)
-        except AmzTokenError:
-            raise
-        except Exception as exc:
-            raise StorageError(
-                f"store failed to save account {account_id!r}: {type(exc).__name__}",
-                location=repr(self.store),
-            ) from exc
 
     # ------------------------------------------------------------------ cache and timers
 
@@ -708,27 +699,14 @@ class AsyncTokenManager:
         self._forget(account_id)
         if not known:
             raise AccountNotFoundError(account_id)
-        try:
+        with self._store_errors(f"delete account {account_id!r}"):
             await self.store.delete(account_id)
-        except AmzTokenError:
-            raise
-        except Exception as exc:
-            raise StorageError(
-                f"store failed to delete account {account_id!r}: {type(exc).__name__}",
-                location=repr(self.store),
-            ) from exc
         audit_logger.info("remove-account account=%r outcome=ok", account_id)
 
     async def accounts(self) -> list[str]:
         """The account ids in the store, sorted."""
-        try:
+        with self._store_errors("list accounts"):
             return sorted(await self.store.accounts())
-        except AmzTokenError:
-            raise
-        except Exception as exc:
-            raise StorageError(
-                f"store failed to list accounts: {type(exc).__name__}", location=repr(self.store)
-            ) from exc
 
     async def status(self, account_id: str) -> AccountStatus:
         """Where ``account_id`` stands: fresh, due, expired or needs-reauth, with its expiry.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import AsyncIterator, Callable, Generator
 from typing import Any
@@ -29,6 +30,19 @@ def pytest_runtest_makereport(item: pytest.Item, call: Any) -> Generator[None, A
         report.longrepr = (
             f"skipped, but AIOAMZTOKEN_REQUIRE_SERVICES=1 requires it: {report.longrepr}"
         )
+
+
+@pytest.fixture(autouse=True)
+def no_asyncio_errors(caplog: pytest.LogCaptureFixture) -> Generator[None, None, None]:
+    """Fail any test during which asyncio reported an error: a task destroyed while
+    pending, an exception never retrieved, an unclosed transport..."""
+    yield
+    errors = [
+        r.getMessage()
+        for r in caplog.get_records("call") + caplog.get_records("teardown")
+        if r.name == "asyncio" and r.levelno >= logging.ERROR
+    ]
+    assert errors == [], errors
 
 
 @pytest.fixture

@@ -460,3 +460,24 @@ async def test_a_hook_that_refreshes_its_own_account_fails_instead_of_deadlockin
     token = await asyncio.wait_for(mgr.get_access_token("acct"), 10)
     assert token == emulator.current_access_token("acct")
     assert any("on_refresh hook raised RuntimeError" in r.getMessage() for r in caplog.records)
+
+
+class BrokenStore(at.MemoryTokenStore):
+    """A user-written store whose backend fails with its own exception type."""
+
+    async def load(self, account_id: str) -> at.Token | None:
+        raise ConnectionResetError("backend went away")
+
+    async def accounts(self) -> list[str]:
+        raise ConnectionResetError("backend went away")
+
+
+async def test_a_user_store_that_raises_its_own_errors_gives_storage_error(
+    make_manager: ManagerFactory,
+) -> None:
+    mgr = make_manager(store=BrokenStore())
+    with pytest.raises(at.StorageError, match="failed to load account 'acct'") as info:
+        await mgr.get_access_token("acct")
+    assert isinstance(info.value.__cause__, ConnectionResetError)
+    with pytest.raises(at.StorageError, match="failed to list accounts"):
+        await mgr.accounts()
