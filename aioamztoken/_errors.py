@@ -67,6 +67,7 @@ class TokenRefreshError(AmzTokenError):
         self.description = description
         self.status = status
         self.account_id = account_id
+        self.attempts = 1
 
 
 class InvalidGrantError(TokenRefreshError):

@@ -11,9 +11,9 @@ import aiohttp
 import backoff
 from backoff.types import Details
 
-from ._errors import ManagerClosedError, TokenEndpointError
+from ._errors import ManagerClosedError, TokenEndpointError, TokenRefreshError
 from ._logging import http_logger
-from ._lwa import TOKEN_REQUEST_HEADERS, TokenRequest, parse_token_response
+from ._lwa import TOKEN_REQUEST_HEADERS, TokenRequest, parse_retry_after, parse_token_response
 from ._models import Token
 
 __all__ = ["RetryPolicy", "TokenEndpoint"]
@@ -92,8 +92,12 @@ class TokenEndpoint:
         self._slots: asyncio.Semaphore | None = None
         self.policy = policy
         self.in_flight = 0
+        self.closed = False
+        self._not_before = 0.0  # monotonic time before which no request is sent (429)
 
     def _session(self) -> aiohttp.ClientSession:
+        if self.closed:
+            raise ManagerClosedError("the token manager is closed; create a new one")
         if self._user_session is not None:
             return self._user_session
         if self._own_session is None or self._own_session.closed:
@@ -103,7 +107,11 @@ class TokenEndpoint:
         return self._own_session
 
     async def aclose(self) -> None:
-        """Close the session this object owns; a user's session is left open."""
+        """Close the session this object owns; a user's session is left open.
+
+        No request is sent afterwards: :meth:`request` raises :class:`ManagerClosedError`.
+        """
+        self.closed = True
         if self._own_session is not None:
             await self._own_session.close()
             self._own_session = None
@@ -114,19 +122,34 @@ class TokenEndpoint:
         *,
         account_id: str,
         previous_refresh_token: str | None = None,
+        deadline: float | None = None,
     ) -> tuple[Token, int]:
         """Send ``request`` until it succeeds, is refused, or the budget is spent.
 
+        ``deadline`` (``time.monotonic()`` seconds) ends the budget early: by default it
+        is ``max_time`` from now. No attempt outlives it, and a ``Retry-After`` reaching
+        past it gives up at once rather than retrying before the server allows.
+
         Returns the token and the number of attempts. Raises the typed errors of
-        :func:`parse_token_response`; a :class:`TokenEndpointError` carries the last
-        status and the attempt count.
+        :func:`parse_token_response`, each with an ``attempts`` count; a
+        :class:`TokenEndpointError` also carries the last status.
         """
         attempts = 0
+        if deadline is None:
+            deadline = time.monotonic() + self.policy.max_time
 
         async def attempt() -> Token:
             nonlocal attempts
             attempts += 1
-            return await self._attempt(request, account_id, attempts, previous_refresh_token)
+            return await self._attempt(
+                request, account_id, attempts, previous_refresh_token, deadline
+            )
+
+        def give_up(exc: Exception) -> bool:
+            # Retrying before the server allows helps no one: stop if it asks for more
+            # time than the budget has left.
+            retry_after = getattr(exc, "retry_after", None)
+            return retry_after is not None and time.monotonic() + retry_after > deadline
 
         def log_backoff(details: Details) -> None:
             exc = details.get("exception")
@@ -151,14 +174,15 @@ class TokenEndpoint:
             waits,
             TokenEndpointError,
             max_tries=self.policy.max_tries,
-            max_time=self.policy.max_time,
+            max_time=max(0.0, deadline - time.monotonic()),
             jitter=None,
+            giveup=give_up,
             on_backoff=log_backoff,
             on_giveup=log_giveup,
         )(attempt)
         try:
             token: Token = await retrying()
-        except TokenEndpointError as exc:
+        except (TokenEndpointError, TokenRefreshError) as exc:
             exc.attempts = attempts
             raise
         return token, attempts
@@ -169,10 +193,20 @@ class TokenEndpoint:
         account_id: str,
         attempt: int,
         previous_refresh_token: str | None,
+        deadline: float,
     ) -> Token:
         if self._slots is None:
             self._slots = asyncio.Semaphore(self._max_concurrent)
         async with self._slots:
+            # A 429 throttles the whole manager, not just the request that received it.
+            pause = self._not_before - time.monotonic()
+            if pause > 0:
+                await asyncio.sleep(min(pause, max(0.0, deadline - time.monotonic())))
+            timeout = min(self.policy.request_timeout, deadline - time.monotonic())
+            if timeout <= 0:
+                raise TokenEndpointError(
+                    "the retry budget ran out before the token endpoint answered", status=None
+                )
             self.in_flight += 1
             started = time.monotonic()
             sent_at = time.time()
@@ -181,8 +215,9 @@ class TokenEndpoint:
                     request.url,
                     data=request.body,
                     headers=TOKEN_REQUEST_HEADERS,
-                    timeout=aiohttp.ClientTimeout(total=self.policy.request_timeout),
+                    timeout=aiohttp.ClientTimeout(total=timeout),
                     allow_redirects=False,
+                    raise_for_status=False,
                     middlewares=(),
                 ) as response:
                     body = await response.read()
@@ -193,12 +228,11 @@ class TokenEndpoint:
                 http_logger.debug(
                     "token request for account %r timed out after %.1f s (attempt %d)",
                     account_id,
-                    self.policy.request_timeout,
+                    timeout,
                     attempt,
                 )
                 raise TokenEndpointError(
-                    f"token endpoint did not answer within {self.policy.request_timeout:g} s",
-                    status=None,
+                    f"token endpoint did not answer within {timeout:g} s", status=None
                 ) from None
             except RuntimeError as exc:
                 if self._user_session is not None and self._user_session.closed:
@@ -219,6 +253,10 @@ class TokenEndpoint:
                 ) from exc
             finally:
                 self.in_flight -= 1
+        if status == 429:
+            wait = parse_retry_after(retry_after)
+            if wait:
+                self._not_before = max(self._not_before, time.monotonic() + wait)
         http_logger.debug(
             "token endpoint answered %d for account %r in %.0f ms (attempt %d, %s grant)",
             status,

@@ -19,12 +19,14 @@ _REDACTED = "[redacted]"
 # Shapes of LwA secrets: access tokens (Atza|), refresh tokens (Atzr|), authorization
 # codes, bearer headers, and secrets in url-encoded forms or JSON.
 _PATTERNS: tuple[re.Pattern[str], ...] = (
-    re.compile(r"Atz[a-zA-Z]\|[^\s\"',;&}]+"),
+    re.compile(r"Atz[a-zA-Z](?:\||%7[cC])[^\s\"',;&}]+"),
     re.compile(r"(?i)(bearer\s+)[^\s\"',;]+"),
     re.compile(
-        r"(?i)((?:access_token|refresh_token|client_secret|code_verifier|code|"
+        r"(?i)((?:access_token|refresh_token|client_secret|code_verifier|"
         r"authorization)[\"']?\s*[=:]\s*[\"']?)[^\s\"',;&}]+"
     ),
+    # An authorization code travels as a query or form parameter: ?code=… or &code=…
+    re.compile(r"([?&]code=)[^\s\"',;&#]+"),
     re.compile(r"amzn1\.oa2-cs\.v1\.[0-9a-f]+"),
 )
 

@@ -246,6 +246,7 @@ def parse_token_response(
             sent_at + lifetime,
             token_type if isinstance(token_type, str) and token_type else "bearer",
             scope if isinstance(scope, str) else None,
+            sent_at,
         )
 
     error = data.get("error") if isinstance(data, dict) else None
@@ -257,7 +258,8 @@ def parse_token_response(
         else error or _describe_body(body, content_type)
     )
 
-    if status == 429 or status >= 500 or error in ("temporarily_unavailable", "server_error"):
+    transient = error in ("temporarily_unavailable", "server_error")
+    if status in (408, 429) or status >= 500 or transient:
         raise TokenEndpointError(
             f"token endpoint answered {status} ({detail})",
             status=status,

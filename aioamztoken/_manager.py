@@ -7,9 +7,9 @@ import contextlib
 import inspect
 import random
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import aiohttp
 
@@ -20,11 +20,13 @@ from ._errors import (
     InvalidGrantError,
     ManagerClosedError,
     StorageError,
+    TokenEndpointError,
 )
 from ._http import RetryPolicy, TokenEndpoint
 from ._logging import audit_logger, logger
 from ._lwa import DEFAULT_SCOPE, authorization_url, code_request, refresh_request
 from ._models import AccountState, AccountStatus, Region, Token
+from .stores._base import validate_account_id
 
 if TYPE_CHECKING:
     from ._middleware import AdsApiMiddleware
@@ -36,6 +38,7 @@ OnRefresh = Callable[[str, Token], "Awaitable[None] | None"]
 OnRefreshError = Callable[[str, BaseException], "Awaitable[None] | None"]
 OnReauthRequired = Callable[[str], "Awaitable[None] | None"]
 
+_R = TypeVar("_R")
 _time = time.time
 _NEVER = float("-inf")
 
@@ -46,6 +49,13 @@ REAUTH_RECHECK_INTERVAL = 30.0
 
 def _fingerprint(secret: str) -> int:
     return hash(("aioamztoken", secret))
+
+
+def _being_cancelled() -> bool:
+    """True when the current task has been asked to stop (Python 3.11+; else False)."""
+    task = asyncio.current_task()
+    cancelling = getattr(task, "cancelling", None)
+    return bool(cancelling is not None and cancelling())
 
 
 Reason = Literal["expired", "due", "background", "forced", "rejected", "loaded"]
@@ -165,7 +175,15 @@ class AsyncTokenManager:
         )
         self._entries: dict[str, _Entry] = {}
         self._inflight: dict[str, asyncio.Task[Token]] = {}
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._forced: set[str] = set()  # accounts whose in-flight refresh is a forced one
+        # Work aclose() cancels (refreshes, code exchanges) and work it waits for (saves of
+        # tokens the endpoint already issued: losing one could lose a rotated refresh token).
+        self._cancellable: set[asyncio.Task[Any]] = set()
+        self._must_finish: set[asyncio.Task[Any]] = set()
+        # Bumped by add/exchange/remove: a refresh that started before does not install.
+        self._generation: dict[str, int] = {}
+        # Tokens the endpoint issued but the store failed to save: kept, and saved first.
+        self._unsaved: dict[str, Token] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
         self._rng = random.Random()
@@ -209,14 +227,28 @@ class AsyncTokenManager:
                 entry.timer.cancel()
                 entry.timer = None
         self._entries.clear()
-        pending = [t for t in (*self._inflight.values(), *self._tasks) if not t.done()]
-        for task in pending:
+        doomed = [t for t in (*self._inflight.values(), *self._cancellable) if not t.done()]
+        for task in doomed:
             task.cancel()
-        if pending:
-            await asyncio.gather(*pending, return_exceptions=True)
+        waiting = [*doomed, *self._must_finish]
+        if waiting:
+            await asyncio.gather(*waiting, return_exceptions=True)
         self._inflight.clear()
-        self._tasks.clear()
+        self._forced.clear()
+        self._cancellable.clear()
+        self._must_finish.clear()
         await self._endpoint.aclose()
+        for account_id, token in list(self._unsaved.items()):
+            # A last chance for tokens the endpoint issued that the store refused earlier.
+            with contextlib.suppress(StorageError):
+                await self._save(account_id, token)
+                del self._unsaved[account_id]
+        if self._unsaved:
+            logger.error(
+                "closed with %d refreshed token(s) the store could not save: %s",
+                len(self._unsaved),
+                ", ".join(repr(a) for a in sorted(self._unsaved)),
+            )
 
     def _bind(self) -> asyncio.AbstractEventLoop:
         loop = asyncio.get_running_loop()
@@ -265,6 +297,7 @@ class AsyncTokenManager:
 
     async def _get_slow(self, account_id: str) -> Token:
         self._bind()
+        validate_account_id(account_id)
         entry = self._entries.get(account_id)
         if entry is not None and entry.needs_reauth:
             entry = await self._recheck_reauth(account_id, entry)
@@ -283,9 +316,18 @@ class AsyncTokenManager:
     async def refresh(self, account_id: str) -> Token:
         """Refresh now, whatever the token's expiry. Concurrent calls share one request."""
         self._bind()
+        validate_account_id(account_id)
         entry = self._entries.get(account_id)
         if entry is not None and entry.needs_reauth:
             entry = await self._recheck_reauth(account_id, entry)
+        # A refresh in flight that is not forced may end by adopting the stored token: let
+        # it end, then make (or join) a forced one.
+        while (
+            task := self._inflight.get(account_id)
+        ) is not None and account_id not in self._forced:
+            self._not_this_task(account_id, task)
+            await asyncio.wait([task])
+        entry = self._entries.get(account_id)
         stale = entry.token.access_token if entry is not None else None
         return await self._join(account_id, stale=stale, force=True, reason="forced")
 
@@ -316,13 +358,26 @@ class AsyncTokenManager:
         task = self._inflight.get(account_id)
         if task is None:
             task = self._start(account_id, stale, force=force, reason=reason)
-        elif task is asyncio.current_task():
+        else:
+            self._not_this_task(account_id, task)
+        try:
+            # shield: a cancelled caller must not cancel the refresh others share.
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            if task.cancelled() and self._closed and not _being_cancelled():
+                raise ManagerClosedError(
+                    "the manager was closed while this call waited for a refresh"
+                ) from None
+            raise
+
+    @staticmethod
+    def _not_this_task(account_id: str, task: asyncio.Task[Token]) -> None:
+        if task is asyncio.current_task():
             raise RuntimeError(
                 f"a hook of the refresh of {account_id!r} waited for that same refresh; "
-                "hooks may read tokens but not refresh the account being refreshed"
+                "hooks may read tokens but must not refresh, add, exchange or remove the "
+                "account being refreshed (schedule that in a task of its own)"
             )
-        # shield: a cancelled caller must not cancel the refresh others share.
-        return await asyncio.shield(task)
 
     def _start(
         self, account_id: str, stale: str | None, *, force: bool, reason: Reason
@@ -334,12 +389,15 @@ class AsyncTokenManager:
             name=f"aioamztoken-refresh:{account_id}",
         )
         self._inflight[account_id] = task
+        if force:
+            self._forced.add(account_id)
         task.add_done_callback(lambda t: self._refresh_done(account_id, t))
         return task
 
     def _refresh_done(self, account_id: str, task: asyncio.Task[Token]) -> None:
         if self._inflight.get(account_id) is task:
             del self._inflight[account_id]
+            self._forced.discard(account_id)
         if not task.cancelled():
             task.exception()  # retrieved here so an unwatched failure is never reported twice
 
@@ -349,6 +407,7 @@ class AsyncTokenManager:
         self, account_id: str, stale: str | None, force: bool, reason: Reason
     ) -> Token:
         started = time.monotonic()
+        generation = self._generation.get(account_id, 0)
         try:
             token, attempts = await self._obtain(account_id, stale, force)
         except asyncio.CancelledError:
@@ -358,12 +417,24 @@ class AsyncTokenManager:
             entry = self._entries.get(account_id)
             if entry is not None:
                 entry.last_error = f"{type(exc).__name__}: {exc}"
-            self._audit("refresh", account_id, "needs-reauth", started, None, reason)
+            self._audit("refresh", account_id, "needs-reauth", started, exc.attempts, reason)
             await self._hook("on_refresh_error", self.on_refresh_error, account_id, exc)
             await self._hook("on_reauth_required", self.on_reauth_required, account_id)
             raise
         except AmzTokenError as exc:
-            self._note_failure(account_id, exc)
+            unsaved = self._unsaved.get(account_id)
+            if unsaved is not None and generation == self._generation.get(account_id, 0):
+                # The endpoint issued a token the store would not take: serve it from
+                # memory (later callers get it) and save it before the next refresh.
+                self._install(account_id, unsaved)
+                logger.error(
+                    "account %r: refreshed, but the store failed to save the token (%s); "
+                    "it is kept in memory and saved before the next refresh",
+                    account_id,
+                    type(exc).__name__,
+                )
+            else:
+                self._note_failure(account_id, exc)
             self._audit(
                 "refresh",
                 account_id,
@@ -374,30 +445,44 @@ class AsyncTokenManager:
             )
             await self._hook("on_refresh_error", self.on_refresh_error, account_id, exc)
             raise
+        if generation != self._generation.get(account_id, 0):
+            # add_account, exchange_code or remove_account ran meanwhile: what they did wins.
+            return token
+        self._install(account_id, token)
         if attempts == 0:
             # Another process (or an earlier run) had already stored a usable token.
-            self._install(account_id, token, lifetime=None)
             return token
-        self._install(account_id, token, lifetime=token.expires_at - _time())
         self._audit("refresh", account_id, "ok", started, attempts, reason)
         await self._hook("on_refresh", self.on_refresh, account_id, token)
         return token
 
     async def _obtain(self, account_id: str, stale: str | None, force: bool) -> tuple[Token, int]:
         """The token to use, and how many token requests it took (0: read from the store)."""
-        if not force:
+        unsaved = self._unsaved.get(account_id)
+        if not force and unsaved is None:
             stored = await self._load(account_id)
             if stored is None:
                 raise AccountNotFoundError(account_id)
             if self._adoptable(stored, stale):
                 return stored, 0
-        async with self._store_lock(account_id):
-            # Re-read inside the lock: another process may have refreshed meanwhile.
-            stored = await self._load(account_id)
-            if stored is None:
-                raise AccountNotFoundError(account_id)
-            if not force and self._adoptable(stored, stale):
-                return stored, 0
+        # One budget for waiting on another process's refresh and for our own retries.
+        deadline = time.monotonic() + self._endpoint.policy.max_time
+        async with self._store_lock(account_id, deadline):
+            unsaved = self._unsaved.get(account_id)
+            if unsaved is not None:
+                # Our last token never reached the store: it is the truth; save it first.
+                stored = unsaved
+                with contextlib.suppress(StorageError):
+                    await self._save_to_the_end(account_id, unsaved)
+                    del self._unsaved[account_id]
+            else:
+                # Re-read inside the lock: another process may have refreshed meanwhile.
+                loaded = await self._load(account_id)
+                if loaded is None:
+                    raise AccountNotFoundError(account_id)
+                stored = loaded
+                if not force and self._adoptable(stored, stale):
+                    return stored, 0
             try:
                 token, attempts = await self._endpoint.request(
                     refresh_request(
@@ -405,25 +490,72 @@ class AsyncTokenManager:
                     ),
                     account_id=account_id,
                     previous_refresh_token=stored.refresh_token,
+                    deadline=deadline,
                 )
             except InvalidGrantError:
                 self._mark_reauth(account_id, _fingerprint(stored.refresh_token))
                 raise
-            await self._save(account_id, token)
+            try:
+                await self._save_to_the_end(account_id, token)
+            except StorageError:
+                self._unsaved[account_id] = token
+                raise
+            self._unsaved.pop(account_id, None)
         return token, attempts
 
+    async def _save_to_the_end(self, account_id: str, token: Token) -> None:
+        """Save a token the endpoint issued, even if the caller is cancelled meanwhile:
+        ``aclose()`` waits for such saves instead of cancelling them."""
+        save = self._track(self._save(account_id, token), must_finish=True)
+        try:
+            await asyncio.shield(save)
+        except asyncio.CancelledError:
+            await asyncio.wait([save])  # keep holding the lock until the save is done
+            raise
+
+    def _track(self, work: Coroutine[Any, Any, _R], *, must_finish: bool) -> asyncio.Task[_R]:
+        loop = self._loop
+        assert loop is not None
+        task = loop.create_task(work)
+        tasks = self._must_finish if must_finish else self._cancellable
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+        return task
+
     def _adoptable(self, stored: Token, stale: str | None) -> bool:
-        return stored.access_token != stale and not stored.is_expired(self.expiry_margin)
+        return stored.access_token != stale and not stored.is_expired(self._pacing(stored)[1])
+
+    def _pacing(self, token: Token) -> tuple[float, float]:
+        """The refresh buffer and expiry margin that fit ``token``'s lifetime."""
+        buffer = self.refresh_buffer
+        lifetime = token.lifetime
+        if lifetime is not None and lifetime > 0:
+            # A token that lives less than twice the buffer would be due on arrival.
+            buffer = min(buffer, lifetime / 2)
+        return buffer, min(self.expiry_margin, buffer / 4)
 
     @contextlib.asynccontextmanager
-    async def _store_lock(self, account_id: str) -> AsyncIterator[None]:
+    async def _store_lock(
+        self, account_id: str, deadline: float | None = None
+    ) -> AsyncIterator[None]:
         lock = getattr(self.store, "lock", None)
         if lock is None:
             yield
             return
         with self._store_errors(f"take the lock of account {account_id!r}"):
             cm = lock(account_id)
-            await cm.__aenter__()
+            if deadline is None:
+                await cm.__aenter__()
+            else:
+                try:
+                    await asyncio.wait_for(cm.__aenter__(), max(0.0, deadline - time.monotonic()))
+                except asyncio.TimeoutError:
+                    raise TokenEndpointError(
+                        f"account {account_id!r}: another process has been refreshing it for "
+                        "longer than the retry budget",
+                        status=None,
+                        attempts=0,
+                    ) from None
         try:
             yield
         except BaseException as exc:
@@ -454,7 +586,7 @@ class AsyncTokenManager:
 
     # ------------------------------------------------------------------ cache and timers
 
-    def _install(self, account_id: str, token: Token, *, lifetime: float | None) -> _Entry:
+    def _install(self, account_id: str, token: Token) -> _Entry:
         """Cache ``token`` and schedule its background refresh."""
         entry = self._entries.get(account_id)
         if entry is None:
@@ -466,11 +598,7 @@ class AsyncTokenManager:
         entry.access_token = token.access_token
         entry.needs_reauth = False
         entry.last_error = None
-        buffer = self.refresh_buffer
-        if lifetime is not None and lifetime > 0:
-            # A token that lives less than twice the buffer would be due on arrival.
-            buffer = min(buffer, lifetime / 2)
-        margin = min(self.expiry_margin, buffer / 4)
+        buffer, margin = self._pacing(token)
         if not token.access_token:
             entry.fresh_until = entry.due_at = entry.usable_until = _NEVER
             return entry
@@ -563,10 +691,18 @@ class AsyncTokenManager:
         if entry is not None and entry.timer is not None:
             entry.timer.cancel()
 
+    def _replace(self, account_id: str) -> None:
+        """The user changed the account (add, exchange, remove): a refresh that started
+        before must not install its result, and nothing older is kept."""
+        self._generation[account_id] = self._generation.get(account_id, 0) + 1
+        self._unsaved.pop(account_id, None)
+        self._forget(account_id)
+
     async def _settle(self, account_id: str) -> None:
         """Wait for an in-flight refresh of ``account_id`` to end, whatever its outcome."""
         task = self._inflight.get(account_id)
         if task is not None:
+            self._not_this_task(account_id, task)
             await asyncio.wait([task])
 
     # ------------------------------------------------------------------ hooks and logs
@@ -643,6 +779,27 @@ class AsyncTokenManager:
         used, expired or mismatched code.
         """
         self._bind()
+        validate_account_id(account_id)
+        refreshing = self._inflight.get(account_id)
+        if refreshing is not None:
+            self._not_this_task(account_id, refreshing)
+        # A task of its own: a caller that gives up (a timeout) after the endpoint answered
+        # must not lose the tokens, the code being spent by then.
+        task = self._track(
+            self._exchange(account_id, code, redirect_uri, code_verifier), must_finish=False
+        )
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            if task.cancelled() and self._closed and not _being_cancelled():
+                raise ManagerClosedError(
+                    "the manager was closed while this code exchange was under way"
+                ) from None
+            raise
+
+    async def _exchange(
+        self, account_id: str, code: str, redirect_uri: str, code_verifier: str | None
+    ) -> Token:
         started = time.monotonic()
         try:
             token, attempts = await self._endpoint.request(
@@ -658,8 +815,8 @@ class AsyncTokenManager:
             )
             await self._settle(account_id)
             async with self._store_lock(account_id):
-                await self._save(account_id, token)
-            self._forget(account_id)
+                await self._save_to_the_end(account_id, token)
+            self._replace(account_id)
         except AmzTokenError as exc:
             self._audit(
                 "code-exchange",
@@ -670,7 +827,7 @@ class AsyncTokenManager:
                 "authorization_code",
             )
             raise
-        self._install(account_id, token, lifetime=token.expires_at - _time())
+        self._install(account_id, token)
         self._audit("code-exchange", account_id, "ok", started, attempts, "authorization_code")
         return token
 
@@ -680,27 +837,28 @@ class AsyncTokenManager:
         Makes no network call. Replaces whatever the account had and clears a
         needs-re-authorization state.
         """
-        if not account_id:
-            raise ValueError("account_id must be a non-empty string")
-        if not refresh_token or not refresh_token.strip():
+        validate_account_id(account_id)
+        if not isinstance(refresh_token, str) or not refresh_token.strip():
             raise ValueError("refresh_token must be a non-empty string")
         self._bind()
         await self._settle(account_id)
         async with self._store_lock(account_id):
             await self._save(account_id, Token("", refresh_token.strip(), 0.0))
-        self._forget(account_id)
+        self._replace(account_id)
         audit_logger.info("add-account account=%r outcome=ok", account_id)
 
     async def remove_account(self, account_id: str) -> None:
         """Forget ``account_id`` here and in the store. Raises :class:`AccountNotFoundError`."""
         self._bind()
+        validate_account_id(account_id)
         await self._settle(account_id)
-        known = account_id in self._entries or await self._load(account_id) is not None
-        self._forget(account_id)
-        if not known:
-            raise AccountNotFoundError(account_id)
-        with self._store_errors(f"delete account {account_id!r}"):
-            await self.store.delete(account_id)
+        async with self._store_lock(account_id):
+            known = account_id in self._entries or await self._load(account_id) is not None
+            self._replace(account_id)
+            if not known:
+                raise AccountNotFoundError(account_id)
+            with self._store_errors(f"delete account {account_id!r}"):
+                await self.store.delete(account_id)
         audit_logger.info("remove-account account=%r outcome=ok", account_id)
 
     async def accounts(self) -> list[str]:
@@ -714,6 +872,7 @@ class AsyncTokenManager:
         Reads the store when the account is not cached. Raises :class:`AccountNotFoundError`.
         """
         self._bind()
+        validate_account_id(account_id)
         entry = self._entries.get(account_id)
         refreshing = account_id in self._inflight
         if entry is not None and entry.needs_reauth:
@@ -729,8 +888,9 @@ class AsyncTokenManager:
             if stored is None:
                 raise AccountNotFoundError(account_id)
             token, last_error = stored, None
-            due_at = stored.expires_at - self.refresh_buffer
-            usable_until = stored.expires_at - self.expiry_margin
+            buffer, margin = self._pacing(stored)
+            due_at = stored.expires_at - buffer
+            usable_until = stored.expires_at - margin
         now = _time()
         if not token.access_token or now >= usable_until:
             state = AccountState.EXPIRED

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import math
 import time
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -94,6 +95,9 @@ class Token:
     expires_at: float
     token_type: str = "bearer"
     scope: str | None = None
+    issued_at: float | None = None
+    """When the request that obtained it was sent (POSIX seconds), if known: with
+    ``expires_at`` it gives the token's lifetime, which paces its background refresh."""
 
     def expires_in(self, now: float | None = None) -> float:
         """Seconds until expiry (negative once expired)."""
@@ -103,19 +107,29 @@ class Token:
         """True when fewer than ``margin`` seconds are left, or no access token is held."""
         return not self.access_token or self.expires_in(now) <= margin
 
+    @property
+    def lifetime(self) -> float | None:
+        """Seconds from issue to expiry, when ``issued_at`` is known."""
+        if self.issued_at is None:
+            return None
+        return self.expires_at - self.issued_at
+
     def with_refresh_token(self, refresh_token: str) -> Token:
         """A copy holding ``refresh_token``."""
         return replace(self, refresh_token=refresh_token)
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON-ready form the stores persist (it holds secrets: keep it private)."""
-        return {
+        record: dict[str, Any] = {
             "access_token": self.access_token,
             "refresh_token": self.refresh_token,
             "expires_at": self.expires_at,
             "token_type": self.token_type,
             "scope": self.scope,
         }
+        if self.issued_at is not None:
+            record["issued_at"] = self.issued_at
+        return record
 
     @classmethod
     def from_dict(cls, data: Any) -> Token:
@@ -135,7 +149,21 @@ class Token:
             raise ValueError("a token record needs a finite expires_at")
         if not isinstance(token_type, str) or not (scope is None or isinstance(scope, str)):
             raise ValueError("token_type and scope must be strings")
-        return cls(access, refresh, float(expires_at), token_type, scope)
+        issued_at = data.get("issued_at")
+        if issued_at is not None and (
+            isinstance(issued_at, bool)
+            or not isinstance(issued_at, (int, float))
+            or not math.isfinite(issued_at)
+        ):
+            raise ValueError("issued_at must be a finite number when present")
+        return cls(
+            access,
+            refresh,
+            float(expires_at),
+            token_type,
+            scope,
+            None if issued_at is None else float(issued_at),
+        )
 
 
 class AccountState(str, enum.Enum):

@@ -329,7 +329,7 @@ def test_redacting_filter_masks_tokens_from_elsewhere() -> None:
         __file__,
         1,
         "sent Authorization: Bearer Atza|abc.def with refresh_token=Atzr|xyz&client_secret=shh %s",
-        ("and code=ANcode123",),
+        ("and &code=ANcode123",),
         None,
     )
     at.RedactingFilter(secrets=["my-extra-secret"]).filter(record)
