@@ -534,3 +534,39 @@ async def test_rotating_the_key_reads_old_values_and_rewrites_them_under_the_new
         assert [await after.load(f"acct-{n}") for n in range(3)] == [token(10), token(1), token(2)]
     with pytest.raises(ValueError, match="no key"):
         await at.RedisTokenStore(redis_url).reencrypt()
+
+
+def test_arbitrary_bytes_in_a_value_give_storage_error_and_stay_untouched(
+    shared_server: RedisServer,
+) -> None:
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    cipher_key = TokenCipher.generate_key()
+
+    async def check(value: bytes, encrypted: bool) -> None:
+        client = redis.asyncio.Redis.from_url(shared_server.url)
+        try:
+            await client.delete("fuzz:tokens")
+            await client.hset("fuzz:tokens", "acct", value)
+            key = cipher_key if encrypted else None
+            async with at.RedisTokenStore(shared_server.url, namespace="fuzz", key=key) as store:
+                try:
+                    loaded = await store.load("acct")
+                except at.StorageError:
+                    loaded = None
+                    for attempt in (store.save("acct", token()), store.delete("acct")):
+                        with pytest.raises(at.StorageError):
+                            await attempt
+                    assert await client.hget("fuzz:tokens", "acct") == value
+                else:
+                    assert isinstance(loaded, at.Token)  # only a well-formed record loads
+        finally:
+            await client.aclose()
+
+    @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(value=st.binary(max_size=300), encrypted=st.booleans())
+    def run(value: bytes, encrypted: bool) -> None:
+        asyncio.run(check(value, encrypted))
+
+    run()
