@@ -97,6 +97,11 @@ class _LoopThread:
                 self.manager = manager
                 self._ready.set()
                 await self._stop.wait()
+            # The store's connections (Redis) belong to this loop: close them here, while
+            # it runs; nobody else can once it is gone.
+            closer = getattr(manager.store, "aclose", None)
+            if closer is not None:
+                await closer()
         finally:
             with self._lock:
                 self._closed = True
@@ -179,6 +184,10 @@ class BlockingTokenManager:
     ``concurrent.futures`` exception escapes. A call that is still waiting when the
     manager is closed raises :class:`ManagerClosedError`, as does any call after
     :meth:`close`.
+
+    Closing also closes the store when it has an ``aclose()`` (a
+    :class:`~aioamztoken.RedisTokenStore`): its connections belong to the private loop,
+    which is gone afterwards.
 
     Event loops: calling it from inside a running event loop raises
     :class:`EventLoopError` (it would block that loop: ``await`` an

@@ -177,6 +177,7 @@ class TokenEndpoint:
             max_time=max(0.0, deadline - time.monotonic()),
             jitter=None,
             giveup=give_up,
+            logger=None,
             on_backoff=log_backoff,
             on_giveup=log_giveup,
         )(attempt)
@@ -186,6 +187,26 @@ class TokenEndpoint:
             exc.attempts = attempts
             raise
         return token, attempts
+
+    async def _wait_for_a_slot(self, deadline: float) -> None:
+        """Take one of the ``max_concurrent`` slots, honouring a manager-wide 429 pause:
+        waited out without holding a slot, or, when it outlasts the budget, given up now."""
+        assert self._slots is not None
+        while True:
+            pause = self._not_before - time.monotonic()
+            if pause > 0:
+                if self._not_before > deadline:
+                    raise TokenEndpointError(
+                        f"the token endpoint asked for a pause of {pause:.0f} s (429), longer "
+                        "than the retry budget",
+                        status=429,
+                        retry_after=pause,
+                    )
+                await asyncio.sleep(pause)
+            await self._slots.acquire()
+            if self._not_before <= time.monotonic():
+                return
+            self._slots.release()  # a 429 arrived while we queued: wait it out first
 
     async def _attempt(
         self,
@@ -197,11 +218,8 @@ class TokenEndpoint:
     ) -> Token:
         if self._slots is None:
             self._slots = asyncio.Semaphore(self._max_concurrent)
-        async with self._slots:
-            # A 429 throttles the whole manager, not just the request that received it.
-            pause = self._not_before - time.monotonic()
-            if pause > 0:
-                await asyncio.sleep(min(pause, max(0.0, deadline - time.monotonic())))
+        await self._wait_for_a_slot(deadline)
+        try:
             timeout = min(self.policy.request_timeout, deadline - time.monotonic())
             if timeout <= 0:
                 raise TokenEndpointError(
@@ -253,6 +271,8 @@ class TokenEndpoint:
                 ) from exc
             finally:
                 self.in_flight -= 1
+        finally:
+            self._slots.release()
         if status == 429:
             wait = parse_retry_after(retry_after)
             if wait:

@@ -8,6 +8,7 @@ import inspect
 import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
+from dataclasses import replace
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
@@ -49,6 +50,35 @@ REAUTH_RECHECK_INTERVAL = 30.0
 
 def _fingerprint(secret: str) -> int:
     return hash(("aioamztoken", secret))
+
+
+@contextlib.asynccontextmanager
+async def _deadline(deadline: float | None) -> AsyncIterator[None]:
+    """Raise ``asyncio.TimeoutError`` in the current task at ``deadline`` (monotonic)."""
+    if deadline is None:
+        yield
+        return
+    task = asyncio.current_task()
+    assert task is not None
+    fired = False
+
+    def fire() -> None:
+        nonlocal fired
+        fired = True
+        task.cancel()
+
+    handle = asyncio.get_running_loop().call_later(max(0.0, deadline - time.monotonic()), fire)
+    try:
+        yield
+    except asyncio.CancelledError:
+        if fired:
+            uncancel = getattr(task, "uncancel", None)
+            if uncancel is not None:
+                uncancel()
+            raise asyncio.TimeoutError from None
+        raise
+    finally:
+        handle.cancel()
 
 
 def _being_cancelled() -> bool:
@@ -153,6 +183,8 @@ class AsyncTokenManager:
         self.store = store
         self.region = Region.parse(region)
         self.token_url = token_url or self.region.token_url
+        if not self.token_url.startswith(("https://", "http://")):
+            raise ValueError("token_url must be an http:// or https:// URL")
         self.authorization_base_url = authorization_base_url
         self.refresh_buffer = float(refresh_buffer)
         self.expiry_margin = (
@@ -384,6 +416,8 @@ class AsyncTokenManager:
     ) -> asyncio.Task[Token]:
         loop = self._loop
         assert loop is not None
+        if self._closed:
+            raise ManagerClosedError("this AsyncTokenManager is closed; create a new one")
         task = loop.create_task(
             self._run_refresh(account_id, stale, force, reason),
             name=f"aioamztoken-refresh:{account_id}",
@@ -463,6 +497,9 @@ class AsyncTokenManager:
             stored = await self._load(account_id)
             if stored is None:
                 raise AccountNotFoundError(account_id)
+            if stored.needs_reauth:
+                self._mark_reauth(account_id, _fingerprint(stored.refresh_token))
+                raise self._reauth_error(account_id)
             if self._adoptable(stored, stale):
                 return stored, 0
         # One budget for waiting on another process's refresh and for our own retries.
@@ -481,6 +518,10 @@ class AsyncTokenManager:
                 if loaded is None:
                     raise AccountNotFoundError(account_id)
                 stored = loaded
+                if stored.needs_reauth:
+                    # Another process was told invalid_grant for this very refresh token.
+                    self._mark_reauth(account_id, _fingerprint(stored.refresh_token))
+                    raise self._reauth_error(account_id)
                 if not force and self._adoptable(stored, stale):
                     return stored, 0
             try:
@@ -494,6 +535,10 @@ class AsyncTokenManager:
                 )
             except InvalidGrantError:
                 self._mark_reauth(account_id, _fingerprint(stored.refresh_token))
+                # Tell every process sharing the store (and `aioamztoken accounts`); the
+                # rejected refresh token is kept: nothing is deleted.
+                with contextlib.suppress(StorageError):
+                    await self._save(account_id, replace(stored, needs_reauth=True))
                 raise
             try:
                 await self._save_to_the_end(account_id, token)
@@ -544,25 +589,27 @@ class AsyncTokenManager:
             return
         with self._store_errors(f"take the lock of account {account_id!r}"):
             cm = lock(account_id)
-            if deadline is None:
-                await cm.__aenter__()
-            else:
-                try:
-                    await asyncio.wait_for(cm.__aenter__(), max(0.0, deadline - time.monotonic()))
-                except asyncio.TimeoutError:
-                    raise TokenEndpointError(
-                        f"account {account_id!r}: another process has been refreshing it for "
-                        "longer than the retry budget",
-                        status=None,
-                        attempts=0,
-                    ) from None
+            try:
+                # In this task, not a helper task: some locks belong to the task that took them.
+                async with _deadline(deadline):
+                    await cm.__aenter__()
+            except asyncio.TimeoutError:
+                raise TokenEndpointError(
+                    f"account {account_id!r}: another process has been refreshing it for "
+                    "longer than the retry budget",
+                    status=None,
+                    attempts=0,
+                ) from None
         try:
             yield
         except BaseException as exc:
-            if not await cm.__aexit__(type(exc), exc, exc.__traceback__):
+            with self._store_errors(f"release the lock of account {account_id!r}"):
+                suppressed = await cm.__aexit__(type(exc), exc, exc.__traceback__)
+            if not suppressed:
                 raise
         else:
-            await cm.__aexit__(None, None, None)
+            with self._store_errors(f"release the lock of account {account_id!r}"):
+                await cm.__aexit__(None, None, None)
 
     @contextlib.contextmanager
     def _store_errors(self, action: str) -> Iterator[None]:
@@ -673,7 +720,11 @@ class AsyncTokenManager:
         if now >= entry.recheck_at:
             entry.recheck_at = now + REAUTH_RECHECK_INTERVAL
             stored = await self._load(account_id)
-            if stored is not None and _fingerprint(stored.refresh_token) != entry.rejected:
+            if (
+                stored is not None
+                and not stored.needs_reauth
+                and _fingerprint(stored.refresh_token) != entry.rejected
+            ):
                 self._forget(account_id)
                 return None
         raise self._reauth_error(account_id)
@@ -704,6 +755,8 @@ class AsyncTokenManager:
         if task is not None:
             self._not_this_task(account_id, task)
             await asyncio.wait([task])
+        if self._closed:
+            raise ManagerClosedError("this AsyncTokenManager was closed meanwhile")
 
     # ------------------------------------------------------------------ hooks and logs
 
@@ -887,6 +940,8 @@ class AsyncTokenManager:
             stored = await self._load(account_id)
             if stored is None:
                 raise AccountNotFoundError(account_id)
+            if stored.needs_reauth:
+                return AccountStatus(account_id, AccountState.NEEDS_REAUTH, None, refreshing)
             token, last_error = stored, None
             buffer, margin = self._pacing(stored)
             due_at = stored.expires_at - buffer

@@ -98,14 +98,18 @@ class Token:
     issued_at: float | None = None
     """When the request that obtained it was sent (POSIX seconds), if known: with
     ``expires_at`` it gives the token's lifetime, which paces its background refresh."""
+    needs_reauth: bool = False
+    """The token endpoint rejected ``refresh_token`` (``invalid_grant``): kept in the store
+    so that every process, and ``aioamztoken accounts``, knows the account needs
+    re-authorization."""
 
     def expires_in(self, now: float | None = None) -> float:
         """Seconds until expiry (negative once expired)."""
         return self.expires_at - (time.time() if now is None else now)
 
     def is_expired(self, margin: float = 0.0, now: float | None = None) -> bool:
-        """True when fewer than ``margin`` seconds are left, or no access token is held."""
-        return not self.access_token or self.expires_in(now) <= margin
+        """True when fewer than ``margin`` seconds are left, or no usable access token is held."""
+        return not self.access_token or self.needs_reauth or self.expires_in(now) <= margin
 
     @property
     def lifetime(self) -> float | None:
@@ -129,6 +133,8 @@ class Token:
         }
         if self.issued_at is not None:
             record["issued_at"] = self.issued_at
+        if self.needs_reauth:
+            record["needs_reauth"] = True
         return record
 
     @classmethod
@@ -156,6 +162,9 @@ class Token:
             or not math.isfinite(issued_at)
         ):
             raise ValueError("issued_at must be a finite number when present")
+        needs_reauth = data.get("needs_reauth", False)
+        if not isinstance(needs_reauth, bool):
+            raise ValueError("needs_reauth must be a boolean when present")
         return cls(
             access,
             refresh,
@@ -163,6 +172,7 @@ class Token:
             token_type,
             scope,
             None if issued_at is None else float(issued_at),
+            needs_reauth,
         )
 
 

@@ -215,7 +215,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return EXIT_REAUTH
     except AccountNotFoundError as exc:
-        _fail(f"{exc}; or run 'aioamztoken login {exc.account_id}'")
+        hint = "" if args.command == "remove" else f"; or run 'aioamztoken login {exc.account_id}'"
+        _fail(f"{exc}{hint}")
         return EXIT_NOT_FOUND
     except InvalidClientError as exc:
         _fail(f"{exc}: check AIOAMZTOKEN_CLIENT_ID and AIOAMZTOKEN_CLIENT_SECRET")
@@ -244,7 +245,30 @@ def _fail(message: str) -> None:
 def _open_store(args: argparse.Namespace) -> Any:
     from .stores import open_store
 
-    return open_store(args.store or default_store_url())
+    if args.store:
+        return open_store(args.store)
+    url = default_store_url()
+    plain, encrypted = default_store_url({}), default_store_url({"AIOAMZTOKEN_KEY": "-"})
+    other = plain if url == encrypted else encrypted
+    if not _store_file_exists(url) and _store_file_exists(other):
+        # The key was set (or unset) since the accounts were stored: never switch silently.
+        if url == encrypted:
+            raise CliError(
+                f"AIOAMZTOKEN_KEY is set but your accounts are in the plain store; encrypt "
+                f"them with 'aioamztoken migrate {other} {url}', then delete the plain file",
+                EXIT_USAGE,
+            )
+        raise CliError(
+            "your accounts are in the encrypted store: set AIOAMZTOKEN_KEY to its key",
+            EXIT_USAGE,
+        )
+    return open_store(url)
+
+
+def _store_file_exists(url: str) -> bool:
+    from urllib.parse import unquote
+
+    return Path(unquote(urlsplit(url).path)).exists()
 
 
 @contextlib.asynccontextmanager

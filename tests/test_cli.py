@@ -412,3 +412,36 @@ def test_exit_codes_are_documented_in_help() -> None:
     text = _build_parser().format_help()
     for code in EXIT_CODES:
         assert f"{code} " in text
+
+
+async def test_accounts_shows_needs_reauth_after_a_revoked_token(
+    cli: Runner, emulator: AmazonEmulator
+) -> None:
+    await cli("add", "acct", stdin=emulator.issue_refresh_token("acct"))
+    await cli("token", "acct")
+    emulator.revoke("acct")
+    assert (await cli("refresh", "acct")).status == 4
+    table = await cli("accounts")
+    assert "needs re-auth" in table.stdout
+    rows = json.loads((await cli("accounts", "--json")).stdout)
+    assert rows[0]["state"] == "needs-reauth"
+
+
+async def test_the_default_store_never_switches_silently_when_a_key_appears(
+    cli: Runner, emulator: AmazonEmulator, cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    env = dict(cli_env, XDG_DATA_HOME=str(tmp_path / "data"), HOME=str(tmp_path / "home"))
+    del env["AIOAMZTOKEN_STORE"]
+    added = await cli("add", "acct", stdin=emulator.issue_refresh_token("acct"), env=env)
+    assert added.status == 0, added
+    keyed = dict(env, AIOAMZTOKEN_KEY=at.EncryptedFileTokenStore.generate_key())
+    done = await cli("accounts", env=keyed)
+    assert_clean_error(done, 2)
+    assert "aioamztoken migrate" in done.stderr
+    # After the migration it names, the encrypted store is used.
+    source, target = done.stderr.split("'aioamztoken migrate ")[1].split("'")[0].split()
+    moved = await cli("migrate", source, target, env=keyed)
+    assert moved.status == 0, moved
+    Path(urlsplit(source).path).unlink()
+    listed = await cli("accounts", "--json", env=keyed)
+    assert [r["account_id"] for r in json.loads(listed.stdout)] == ["acct"]

@@ -570,3 +570,37 @@ def test_arbitrary_bytes_in_a_value_give_storage_error_and_stay_untouched(
         asyncio.run(check(value, encrypted))
 
     run()
+
+
+async def test_the_blocking_manager_closes_its_redis_store_on_its_own_loop(
+    redis_url: str,
+) -> None:
+    def client_count() -> int:
+        return len([c for c in asyncio.run(_client_list(redis_url)) if "cmd=client" not in c])
+
+    def use() -> int:
+        with AmazonEmulator.running_in_thread() as emu:
+            store = at.RedisTokenStore(redis_url)
+            with at.BlockingTokenManager(
+                emu.client_id, emu.client_secret, store=store, token_url=emu.token_url
+            ) as mgr:
+                mgr.add_account("acct", emu.issue_refresh_token("acct"))
+                assert mgr.get_access_token("acct") == emu.current_access_token("acct")
+                during = client_count()
+        return during
+
+    before = await asyncio.to_thread(client_count)
+    during = await asyncio.to_thread(use)
+    after = await asyncio.to_thread(client_count)
+    assert during > before
+    assert after == before  # the store's connections were closed with the manager
+
+
+async def _client_list(url: str) -> list[str]:
+    client = redis.asyncio.Redis.from_url(url)
+    try:
+        listing = await client.execute_command("CLIENT", "LIST")
+    finally:
+        await client.aclose()
+    text = listing.decode() if isinstance(listing, bytes) else str(listing)
+    return [line for line in text.splitlines() if line]

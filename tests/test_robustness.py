@@ -6,6 +6,7 @@ import asyncio
 import logging
 import time
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -305,3 +306,96 @@ async def test_refusal_audit_lines_count_their_attempt(
         await mgr.get_access_token("acct")
     lines = [r.getMessage() for r in caplog.records if r.name == "aioamztoken.audit"]
     assert any("outcome=needs-reauth" in line and "attempts=1" in line for line in lines)
+
+
+async def test_needs_reauth_is_kept_in_the_store_for_every_process(
+    emulator: AmazonEmulator, make_manager: ManagerFactory
+) -> None:
+    store = at.MemoryTokenStore()
+    first = make_manager(store=store)
+    await first.add_account("acct", emulator.issue_refresh_token("acct"))
+    emulator.revoke("acct")
+    with pytest.raises(at.InvalidGrantError):
+        await first.get_access_token("acct")
+    stored = await store.load("acct")
+    assert stored is not None
+    assert stored.needs_reauth
+    assert stored.refresh_token  # the rejected refresh token is kept, not deleted
+    # Another process sharing the store knows without asking the endpoint.
+    second = make_manager(store=store)
+    assert (await second.status("acct")).state is at.AccountState.NEEDS_REAUTH
+    with pytest.raises(at.InvalidGrantError):
+        await second.get_access_token("acct")
+    assert emulator.token_requests == 1
+    # A new refresh token ends it, for everyone.
+    await second.add_account("acct", emulator.issue_refresh_token("acct"))
+    assert not (await store.load("acct")).needs_reauth  # type: ignore[union-attr]
+    assert await second.get_access_token("acct") == emulator.current_access_token("acct")
+
+
+class TaskBoundLockStore(at.MemoryTokenStore):
+    """A user store whose lock must be released by the task that took it (anyio.Lock)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        import anyio
+
+        self._anyio_lock = anyio.Lock()
+
+    def lock(self, account_id: str) -> Any:
+        return self._anyio_lock
+
+
+async def test_a_task_bound_store_lock_is_taken_and_released_in_one_task(
+    emulator: AmazonEmulator, make_manager: ManagerFactory
+) -> None:
+    mgr = make_manager(store=TaskBoundLockStore())
+    await mgr.add_account("acct", emulator.issue_refresh_token("acct"))
+    assert await mgr.get_access_token("acct") == emulator.current_access_token("acct")
+    assert (await mgr.refresh("acct")).access_token == emulator.current_access_token("acct")
+
+
+async def test_no_refresh_starts_after_close(emulator: AmazonEmulator) -> None:
+    errors: list[str] = []
+    store = at.MemoryTokenStore()
+    mgr = at.AsyncTokenManager(
+        emulator.client_id,
+        emulator.client_secret,
+        store=store,
+        token_url=emulator.token_url,
+        on_refresh_error=lambda account, exc: errors.append(type(exc).__name__),
+    )
+    await mgr.add_account("acct", emulator.issue_refresh_token("acct"))
+    emulator.latency = 1.0
+    getter = asyncio.ensure_future(mgr.get_access_token("acct"))
+    forced = asyncio.ensure_future(mgr.refresh("acct"))
+    await asyncio.sleep(0.1)
+    await mgr.aclose()
+    for call in (getter, forced):
+        with pytest.raises(at.ManagerClosedError):
+            await call
+    await asyncio.sleep(0.1)
+    assert errors == []
+    assert emulator.token_requests == 1
+
+
+async def test_a_long_429_pause_fails_other_accounts_at_once_not_after_the_budget(
+    emulator: AmazonEmulator, make_manager: ManagerFactory
+) -> None:
+    mgr = make_manager(retry_budget=5.0)
+    for account in ("a", "b"):
+        await mgr.add_account(account, emulator.issue_refresh_token(account))
+    emulator.fail_next(1, status=429, body="", retry_after=3600)
+    with pytest.raises(at.TokenEndpointError):
+        await mgr.get_access_token("a")
+    started = time.monotonic()
+    with pytest.raises(at.TokenEndpointError) as info:
+        await mgr.get_access_token("b")
+    assert time.monotonic() - started < 1.0
+    assert info.value.status == 429
+    assert emulator.token_requests == 1  # b never hit the endpoint during the pause
+
+
+def test_a_token_url_that_is_not_http_is_refused_up_front() -> None:
+    with pytest.raises(ValueError, match="token_url"):
+        at.AsyncTokenManager("cid", "secret", store=at.MemoryTokenStore(), token_url="ftp://x")
