@@ -8,9 +8,8 @@ import contextlib
 import json
 import os
 import signal
-import sys
 import time
-from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 
 import pytest
@@ -18,7 +17,9 @@ import pytest
 from aioamztoken import Token, open_store
 from aioamztoken.stores import EncryptedFileTokenStore
 from aioamztoken.testing import AmazonEmulator
-from tests.test_store_processes import expect, tell
+
+from ._children import child as run_child
+from .test_store_processes import expect, tell
 
 SCRIPT = Path(__file__).parent / "_scripts" / "refresh_child.py"
 PROCESSES = 4
@@ -33,10 +34,9 @@ URLS = {
 }
 
 
-@contextlib.asynccontextmanager
-async def refresher(
+def refresher(
     emulator: AmazonEmulator, store_url: str
-) -> AsyncIterator[asyncio.subprocess.Process]:
+) -> AbstractAsyncContextManager[asyncio.subprocess.Process]:
     """A running refresh_child.py on ``store_url``; killed (if still alive) and reaped on exit."""
     env = {
         **os.environ,
@@ -45,23 +45,7 @@ async def refresher(
         "AIOAMZTOKEN_CLIENT_ID": emulator.client_id,
         "AIOAMZTOKEN_CLIENT_SECRET": emulator.client_secret,
     }
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        str(SCRIPT),
-        store_url,
-        ACCOUNT,
-        str(CALLERS),
-        env=env,
-        stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    try:
-        yield proc
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-        await proc.communicate()
+    return run_child(SCRIPT, store_url, ACCOUNT, str(CALLERS), env=env)
 
 
 async def tokens_of(proc: asyncio.subprocess.Process, timeout: float = 30.0) -> list[str]:

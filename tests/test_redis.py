@@ -7,9 +7,9 @@ import asyncio
 import contextlib
 import json
 import signal
-import sys
 import time
 from collections.abc import AsyncIterator, Iterator
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ import aioamztoken as at
 from aioamztoken.stores._crypto import TokenCipher
 from aioamztoken.testing import AmazonEmulator
 
+from ._children import child as run_child
 from .redis_server import REDIS_SERVER, SKIP_REASON, RedisServer, free_port
 
 pytestmark = pytest.mark.redis
@@ -260,24 +261,11 @@ async def test_the_default_lock_ttl_outlasts_a_refresh_with_the_default_retry_bu
 # ------------------------------------------------------------------------------ processes
 
 
-@contextlib.asynccontextmanager
-async def child(role: str, config: dict[str, Any]) -> AsyncIterator[asyncio.subprocess.Process]:
-    """A running fleet_child.py; killed (if still alive) and reaped on exit."""
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        str(SCRIPT),
-        role,
-        json.dumps(config),
-        stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    try:
-        yield proc
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-        await proc.communicate()
+def child(
+    role: str, config: dict[str, Any]
+) -> AbstractAsyncContextManager[asyncio.subprocess.Process]:
+    """A running fleet_child.py in ``role``; killed (if still alive) and reaped on exit."""
+    return run_child(SCRIPT, role, json.dumps(config))
 
 
 async def read_line(proc: asyncio.subprocess.Process) -> str:

@@ -9,9 +9,9 @@ import importlib.util
 import os
 import random
 import signal
-import sys
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,8 @@ import pytest
 
 from aioamztoken._models import Token
 from aioamztoken.stores import DirectoryTokenStore, FileTokenStore
+
+from ._children import child as run_child
 
 SCRIPT = Path(__file__).parent / "_scripts" / "store_child.py"
 
@@ -50,23 +52,9 @@ def open_store(kind: str, base: Path) -> Store:
     )
 
 
-@contextlib.asynccontextmanager
-async def child(*args: str) -> AsyncIterator[asyncio.subprocess.Process]:
+def child(*args: str) -> AbstractAsyncContextManager[asyncio.subprocess.Process]:
     """A running store_child.py; killed (if still alive) and reaped on exit."""
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        str(SCRIPT),
-        *args,
-        stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    try:
-        yield proc
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-        await proc.communicate()
+    return run_child(SCRIPT, *args)
 
 
 async def expect(proc: asyncio.subprocess.Process, word: str) -> None:
