@@ -62,8 +62,9 @@ async def test_background_refresh_lands_inside_the_jittered_window(
     seconds_after_issue = list(first_background.values())
     assert len(seconds_after_issue) == len(accounts)
     assert seconds_after_issue, "no background refresh seen"
-    # expires_at - buffer = 2.0 s after issue; expires_at - buffer/2 = 3.0 s (plus scheduling slack)
-    assert all(1.9 <= o <= 3.3 for o in seconds_after_issue), seconds_after_issue
+    # expires_at - buffer = 2.0 s after issue; expires_at - buffer/2 = 3.0 s (plus generous slack
+    # for a loaded machine: a timer never fires early, but may fire late)
+    assert all(1.9 <= o <= 3.8 for o in seconds_after_issue), seconds_after_issue
     assert len({round(o, 2) for o in seconds_after_issue}) > 1  # not all at one instant
 
 
