@@ -445,3 +445,111 @@ async def test_the_default_store_never_switches_silently_when_a_key_appears(
     Path(urlsplit(source).path).unlink()
     listed = await cli("accounts", "--json", env=keyed)
     assert [r["account_id"] for r in json.loads(listed.stdout)] == ["acct"]
+
+
+async def test_refresh_all_reports_each_failure_on_its_own_line(
+    cli: Runner, emulator: AmazonEmulator
+) -> None:
+    for account in ("good", "revoked"):
+        await cli("add", account, stdin=emulator.issue_refresh_token(account))
+    emulator.revoke("revoked")
+    done = await cli("refresh", "--all")
+    assert done.status == 1
+    assert "refreshed 1 of 2 accounts" in done.stdout
+    assert "aioamztoken: error: revoked: needs re-authorization" in done.stderr
+    assert "aioamztoken login revoked" in done.stderr
+
+
+async def test_accounts_on_an_empty_store_says_so(cli: Runner) -> None:
+    done = await cli("accounts")
+    assert done.status == 0
+    assert done.stdout == ""
+    assert "no accounts" in done.stderr
+
+
+async def test_login_refuses_a_redirect_uri_it_cannot_receive(cli: Runner) -> None:
+    done = await cli(
+        "login", "acct", "--no-browser", "--redirect-uri", "https://app.example.com/cb"
+    )
+    assert_clean_error(done, 2)
+    assert "--manual" in done.stderr
+
+
+async def test_login_says_so_when_the_redirect_port_is_taken(cli: Runner) -> None:
+    from aiohttp import web
+
+    runner = web.AppRunner(web.Application())
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    try:
+        done = await cli(
+            "login", "acct", "--no-browser", "--redirect-uri", f"http://127.0.0.1:{port}/cb"
+        )
+    finally:
+        await runner.cleanup()
+    assert_clean_error(done, 2)
+    assert f"127.0.0.1:{port}" in done.stderr
+
+
+async def test_the_loopback_receiver_takes_one_redirect_on_its_path_only() -> None:
+    from aioamztoken.cli import _LoopbackReceiver
+
+    async with (
+        _LoopbackReceiver("http://127.0.0.1:0/callback") as receiver,
+        aiohttp.ClientSession() as browser,
+    ):
+        base = receiver.redirect_uri.rsplit("/", 1)[0]
+        async with browser.get(f"{base}/elsewhere") as other:
+            assert other.status == 404
+        async with browser.get(f"{receiver.redirect_uri}?code=c&state=s") as first:
+            assert first.status == 200
+        async with browser.get(f"{receiver.redirect_uri}?code=x&state=y") as second:
+            assert second.status == 410
+        assert await receiver.wait(1) == {"code": ["c"], "state": ["s"]}
+
+
+@pytest.mark.parametrize(
+    ("query", "message"),
+    [
+        (
+            {"error": ["access_denied"], "error_description": ["user said no"]},
+            "refused: access_denied",
+        ),
+        ({"state": ["s"]}, "no authorization code"),
+        ({"state": ["other"], "code": ["c"]}, "state mismatch"),
+    ],
+)
+def test_redirect_queries_that_carry_no_usable_code(
+    query: dict[str, list[str]], message: str
+) -> None:
+    from aioamztoken.cli import CliError, _code_from_query
+
+    with pytest.raises(CliError, match=message):
+        _code_from_query(query, "s")
+
+
+def test_pasting_nothing_is_a_usage_error() -> None:
+    from aioamztoken.cli import EXIT_USAGE, CliError, _code_from_redirect
+
+    with pytest.raises(CliError) as info:
+        _code_from_redirect("", "s")
+    assert info.value.status == EXIT_USAGE
+
+
+@pytest.mark.parametrize(
+    ("seconds", "text"),
+    [(None, "-"), (5, "5s"), (-5, "-5s"), (125, "2m05s"), (3725, "1h02m"), (-7200, "-2h00m")],
+)
+def test_durations_read_like_a_person_writes_them(seconds: float | None, text: str) -> None:
+    from aioamztoken.cli import _duration
+
+    assert _duration(seconds) == text
+
+
+def test_no_command_prints_help_and_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
+    from aioamztoken.cli import main
+
+    assert main([]) == 2
+    assert "usage: aioamztoken" in capsys.readouterr().out

@@ -361,3 +361,22 @@ async def test_aclose_stops_timers_and_background_refreshes(
     requests = emulator.token_requests
     await asyncio.sleep(2.0)
     assert emulator.token_requests == requests  # no timer fired after close
+
+
+def test_redacting_filter_masks_tracebacks_and_survives_broken_records() -> None:
+    try:
+        raise RuntimeError("upstream said: refresh_token=Atzr|leaked")
+    except RuntimeError:
+        import sys
+
+        exc_info = sys.exc_info()
+    record = logging.LogRecord("other", logging.ERROR, __file__, 1, "failed", None, exc_info)
+    assert at.RedactingFilter().filter(record)
+    assert record.exc_text is not None
+    assert "Atzr|leaked" not in record.exc_text
+    assert "RuntimeError" in record.exc_text
+    # Formatted again (a second handler): still clean.
+    assert at.RedactingFilter().filter(record)
+    assert "Atzr|leaked" not in (record.exc_text or "")
+    broken = logging.LogRecord("other", logging.INFO, __file__, 1, "%d items", ("x",), None)
+    assert at.RedactingFilter().filter(broken)  # never drops a record, even a broken one

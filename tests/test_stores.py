@@ -791,3 +791,34 @@ async def test_a_cancelled_save_leaves_a_readable_file(disk_store: Store) -> Non
             await task
         assert await disk_store.load("acct-0") in (token(0), token(100))
         assert len(await disk_store.accounts()) == 30
+
+
+async def test_a_file_where_a_directory_should_be_is_a_storage_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_bytes(b"x")
+    store = DirectoryTokenStore(blocker)
+    for attempt in (store.accounts(), store.save("acct", TOKEN), store.lock("acct").__aenter__()):
+        with pytest.raises(StorageError) as info:
+            await attempt
+        assert str(blocker) in str(info.value)
+    assert blocker.read_bytes() == b"x"
+
+
+async def test_a_directory_where_a_file_should_be_is_a_storage_error(tmp_path: Path) -> None:
+    target = tmp_path / "tokens.json"
+    target.mkdir()
+    store = FileTokenStore(target)
+    for attempt in (store.load("acct"), store.save("acct", TOKEN)):
+        with pytest.raises(StorageError) as info:
+            await attempt
+        assert "tokens.json" in str(info.value)
+    assert target.is_dir()
+    directory = DirectoryTokenStore(tmp_path / "accounts")
+    await directory.save("acct", TOKEN)
+    account_file = next((tmp_path / "accounts").glob("*.json"))
+    account_file.unlink()
+    account_file.mkdir()  # an account "file" that is a directory
+    for attempt in (directory.load("acct"), directory.delete("acct")):
+        with pytest.raises(StorageError):
+            await attempt
+    assert account_file.is_dir()
