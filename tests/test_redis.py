@@ -592,3 +592,28 @@ async def _client_list(url: str) -> list[str]:
         await client.aclose()
     text = listing.decode() if isinstance(listing, bytes) else str(listing)
     return [line for line in text.splitlines() if line]
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("redis://user:s3cret@[::1]:6380/2", "redis://user:***@[::1]:6380/2"),
+        ("rediss://:s3cret@cache.example:6379/0", "rediss://:***@cache.example:6379/0"),
+        ("redis://reader@cache.example/1", "redis://reader@cache.example/1"),
+    ],
+)
+async def test_urls_are_shown_without_their_password(url: str, shown: str) -> None:
+    async with at.RedisTokenStore(url) as store:
+        assert store.url == shown
+        assert "s3cret" not in repr(store)
+
+
+async def test_a_lock_taken_from_its_holder_is_reported_not_silently_kept(
+    redis_url: str, raw: redis.asyncio.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with at.RedisTokenStore(redis_url, lock_ttl=0.3) as store, store.lock("acct"):
+        keys = [k async for k in raw.scan_iter("aioamztoken:lock:*")]
+        assert len(keys) == 1
+        await raw.delete(*keys)  # an operator (or an expiry during a stall) took it
+        await asyncio.sleep(0.5)
+    assert any("expired while held" in r.getMessage() for r in caplog.records)
