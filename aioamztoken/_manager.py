@@ -6,11 +6,13 @@ import asyncio
 import contextlib
 import inspect
 import random
+import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
 from dataclasses import replace
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
+from urllib.parse import urlsplit
 
 import aiohttp
 
@@ -58,6 +60,13 @@ async def _deadline(deadline: float | None) -> AsyncIterator[None]:
     if deadline is None:
         yield
         return
+    if sys.version_info >= (3, 11):
+        async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
+            yield
+        return
+    # Python 3.10 has no asyncio.timeout: a timer cancels this task. (A cancellation
+    # from elsewhere landing in the very loop iteration the timer fires is taken for the
+    # timeout there; asyncio.timeout tells them apart on 3.11+.)
     task = asyncio.current_task()
     assert task is not None
     fired = False
@@ -79,6 +88,20 @@ async def _deadline(deadline: float | None) -> AsyncIterator[None]:
         raise
     finally:
         handle.cancel()
+
+
+def _check_token_url(url: str) -> None:
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    if scheme not in ("https", "http") or not parts.hostname:
+        raise ValueError("token_url must be an http:// or https:// URL")
+    if scheme == "http" and parts.hostname not in ("127.0.0.1", "localhost", "::1"):
+        logger.warning(
+            "token_url %s://%s uses plain http: the client secret and refresh tokens "
+            "cross the network unencrypted",
+            scheme,
+            parts.hostname,
+        )
 
 
 def _being_cancelled() -> bool:
@@ -183,8 +206,7 @@ class AsyncTokenManager:
         self.store = store
         self.region = Region.parse(region)
         self.token_url = token_url or self.region.token_url
-        if not self.token_url.startswith(("https://", "http://")):
-            raise ValueError("token_url must be an http:// or https:// URL")
+        _check_token_url(self.token_url)
         self.authorization_base_url = authorization_base_url
         self.refresh_buffer = float(refresh_buffer)
         self.expiry_margin = (
@@ -443,7 +465,7 @@ class AsyncTokenManager:
         started = time.monotonic()
         generation = self._generation.get(account_id, 0)
         try:
-            token, attempts = await self._obtain(account_id, stale, force)
+            token, attempts = await self._obtain(account_id, stale, force, generation)
         except asyncio.CancelledError:
             raise
         except InvalidGrantError as exc:
@@ -490,16 +512,22 @@ class AsyncTokenManager:
         await self._hook("on_refresh", self.on_refresh, account_id, token)
         return token
 
-    async def _obtain(self, account_id: str, stale: str | None, force: bool) -> tuple[Token, int]:
-        """The token to use, and how many token requests it took (0: read from the store)."""
+    async def _obtain(
+        self, account_id: str, stale: str | None, force: bool, generation: int
+    ) -> tuple[Token, int]:
+        """The token to use, and how many token requests it took (0: read from the store).
+
+        ``generation`` is the account's when the refresh started: if ``add_account``,
+        ``exchange_code`` or ``remove_account`` ran since, what this refresh learnt about
+        the old refresh token is not recorded.
+        """
         unsaved = self._unsaved.get(account_id)
         if not force and unsaved is None:
+            # A flagged (needs re-auth) record read here is not trusted: only the re-read
+            # under the lock is, below.
             stored = await self._load(account_id)
             if stored is None:
                 raise AccountNotFoundError(account_id)
-            if stored.needs_reauth:
-                self._mark_reauth(account_id, _fingerprint(stored.refresh_token))
-                raise self._reauth_error(account_id)
             if self._adoptable(stored, stale):
                 return stored, 0
         # One budget for waiting on another process's refresh and for our own retries.
@@ -520,7 +548,8 @@ class AsyncTokenManager:
                 stored = loaded
                 if stored.needs_reauth:
                     # Another process was told invalid_grant for this very refresh token.
-                    self._mark_reauth(account_id, _fingerprint(stored.refresh_token))
+                    if generation == self._generation.get(account_id, 0):
+                        self._mark_reauth(account_id, _fingerprint(stored.refresh_token))
                     raise self._reauth_error(account_id)
                 if not force and self._adoptable(stored, stale):
                     return stored, 0
@@ -534,11 +563,15 @@ class AsyncTokenManager:
                     deadline=deadline,
                 )
             except InvalidGrantError:
-                self._mark_reauth(account_id, _fingerprint(stored.refresh_token))
-                # Tell every process sharing the store (and `aioamztoken accounts`); the
-                # rejected refresh token is kept: nothing is deleted.
-                with contextlib.suppress(StorageError):
-                    await self._save(account_id, replace(stored, needs_reauth=True))
+                if generation == self._generation.get(account_id, 0):
+                    self._mark_reauth(account_id, _fingerprint(stored.refresh_token))
+                    if getattr(self.store, "lock", None) is not None:
+                        # Tell every process sharing the store (and `aioamztoken accounts`),
+                        # under the lock that add_account also takes, so that a new refresh
+                        # token saved meanwhile is never overwritten. The rejected refresh
+                        # token is kept: nothing is deleted.
+                        with contextlib.suppress(StorageError):
+                            await self._save(account_id, replace(stored, needs_reauth=True))
                 raise
             try:
                 await self._save_to_the_end(account_id, token)

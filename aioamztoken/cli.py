@@ -250,6 +250,13 @@ def _open_store(args: argparse.Namespace) -> Any:
     url = default_store_url()
     plain, encrypted = default_store_url({}), default_store_url({"AIOAMZTOKEN_KEY": "-"})
     other = plain if url == encrypted else encrypted
+    if url == plain and _store_file_exists(plain) and _store_file_exists(encrypted):
+        raise CliError(
+            "both a plain and an encrypted store exist in the data directory: set "
+            "AIOAMZTOKEN_KEY to use the encrypted one (and delete the plain file once "
+            "migrated), or pass --store",
+            EXIT_USAGE,
+        )
     if not _store_file_exists(url) and _store_file_exists(other):
         # The key was set (or unset) since the accounts were stored: never switch silently.
         if url == encrypted:
@@ -268,7 +275,10 @@ def _open_store(args: argparse.Namespace) -> Any:
 def _store_file_exists(url: str) -> bool:
     from urllib.parse import unquote
 
-    return Path(unquote(urlsplit(url).path)).exists()
+    try:
+        return Path(unquote(urlsplit(url).path)).exists()
+    except OSError:
+        return True  # unreadable: let the store itself report it, in one line
 
 
 @contextlib.asynccontextmanager

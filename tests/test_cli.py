@@ -442,6 +442,10 @@ async def test_the_default_store_never_switches_silently_when_a_key_appears(
     source, target = done.stderr.split("'aioamztoken migrate ")[1].split("'")[0].split()
     moved = await cli("migrate", source, target, env=keyed)
     assert moved.status == 0, moved
+    # Both files now exist: a shell without the key must not write to the stale plain one.
+    stale = await cli("add", "acct2", stdin=emulator.issue_refresh_token("acct2"), env=env)
+    assert_clean_error(stale, 2)
+    assert "both a plain and an encrypted store" in stale.stderr
     Path(urlsplit(source).path).unlink()
     listed = await cli("accounts", "--json", env=keyed)
     assert [r["account_id"] for r in json.loads(listed.stdout)] == ["acct"]

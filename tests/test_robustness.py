@@ -399,3 +399,90 @@ async def test_a_long_429_pause_fails_other_accounts_at_once_not_after_the_budge
 def test_a_token_url_that_is_not_http_is_refused_up_front() -> None:
     with pytest.raises(ValueError, match="token_url"):
         at.AsyncTokenManager("cid", "secret", store=at.MemoryTokenStore(), token_url="ftp://x")
+
+
+class LocklessSlowStore:
+    """A user store with the four coroutines only (no lock) and slow writes."""
+
+    def __init__(self) -> None:
+        self.tokens: dict[str, at.Token] = {}
+
+    async def load(self, account_id: str) -> at.Token | None:
+        await asyncio.sleep(0)
+        return self.tokens.get(account_id)
+
+    async def save(self, account_id: str, token: at.Token) -> None:
+        await asyncio.sleep(0.05)
+        self.tokens[account_id] = token
+
+    async def delete(self, account_id: str) -> None:
+        self.tokens.pop(account_id, None)
+
+    async def accounts(self) -> list[str]:
+        return sorted(self.tokens)
+
+
+async def test_a_revoked_token_refused_while_a_new_one_is_added_never_hides_the_new_one(
+    emulator: AmazonEmulator, make_manager: ManagerFactory
+) -> None:
+    old = emulator.issue_refresh_token("acct")
+    emulator.revoke_refresh_token(old)
+    new = emulator.issue_refresh_token("acct")
+    emulator.latency = 0.2
+    store = LocklessSlowStore()
+    store.tokens["acct"] = at.Token("", old, 0.0)
+    mgr = make_manager(store=store)
+    add = asyncio.ensure_future(mgr.add_account("acct", new))
+    await asyncio.sleep(0.01)  # add_account is saving
+    with pytest.raises(at.InvalidGrantError):
+        await mgr.get_access_token("acct")  # this refresh used the old refresh token
+    await add
+    assert store.tokens["acct"].refresh_token == new
+    assert not store.tokens["acct"].needs_reauth
+    assert await mgr.get_access_token("acct") == emulator.current_access_token("acct")
+
+
+class SlowReplyStore(at.MemoryTokenStore):
+    """Reads now, answers later (network latency to a remote store)."""
+
+    async def load(self, account_id: str) -> at.Token | None:
+        value = await super().load(account_id)
+        await asyncio.sleep(0.1)
+        return value
+
+    async def save(self, account_id: str, token: at.Token) -> None:
+        await asyncio.sleep(0.02)
+        await super().save(account_id, token)
+
+
+async def test_a_stale_needs_reauth_record_is_not_trusted_after_add_account(
+    emulator: AmazonEmulator, make_manager: ManagerFactory
+) -> None:
+    old = emulator.issue_refresh_token("acct")
+    emulator.revoke_refresh_token(old)
+    store = SlowReplyStore()
+    await at.MemoryTokenStore.save(store, "acct", at.Token("", old, 0.0, needs_reauth=True))
+    hooks: list[str] = []
+    mgr = make_manager(store=store, on_reauth_required=hooks.append)
+    add = asyncio.ensure_future(mgr.add_account("acct", emulator.issue_refresh_token("acct")))
+    await asyncio.sleep(0)
+    traffic = asyncio.ensure_future(mgr.get_access_token("acct"))
+    await add
+    await asyncio.gather(traffic, return_exceptions=True)
+    for _ in range(2):
+        assert await mgr.get_access_token("acct") == emulator.current_access_token("acct")
+    assert hooks == []
+    assert (await mgr.status("acct")).state is at.AccountState.FRESH
+
+
+def test_token_url_scheme_is_case_insensitive_and_plain_http_elsewhere_is_warned(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    at.AsyncTokenManager(
+        "cid", "s", store=at.MemoryTokenStore(), token_url="HTTPS://api.amazon.com/auth/o2/token"
+    )
+    assert not caplog.records
+    at.AsyncTokenManager(
+        "cid", "s", store=at.MemoryTokenStore(), token_url="http://proxy.internal/token"
+    )
+    assert any("plain http" in r.getMessage() for r in caplog.records)
