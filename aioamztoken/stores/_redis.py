@@ -416,14 +416,19 @@ class RedisTokenStore:
         ttl_ms = max(1, round(self.lock_ttl * 1000))
         delay = _FIRST_POLL
         while True:
+            # The SET runs in a task of its own that we await through a shield: redis-py
+            # has been seen to swallow a cancellation that lands mid-command, which would
+            # leave a cancelled waiter polling for ever. Our own await always honours it.
+            attempt = asyncio.ensure_future(
+                self._call("take a lock", self._client.set(key, holder, nx=True, px=ttl_ms))
+            )
             try:
-                taken = await self._call(
-                    "take a lock", self._client.set(key, holder, nx=True, px=ttl_ms)
-                )
+                taken = await asyncio.shield(attempt)
             except BaseException:
-                # The SET may have reached Redis before the failure or the cancellation:
-                # give it back rather than leave it to expire.
-                self._spawn(self._release(key, holder), self._releases)
+                # The SET may reach (or have reached) Redis despite the failure or the
+                # cancellation: once it has settled, give the lock back rather than leave
+                # it to expire.
+                self._spawn(self._release_after(attempt, key, holder), self._releases)
                 raise
             if taken:
                 return
@@ -458,6 +463,13 @@ class RedisTokenStore:
         into.add(task)
         task.add_done_callback(into.discard)
         return task
+
+    async def _release_after(
+        self, attempt: asyncio.Future[Any], key: bytes, holder: str
+    ) -> None:
+        with contextlib.suppress(BaseException):
+            await attempt
+        await self._release(key, holder)
 
     async def _release(self, key: bytes, holder: str) -> None:
         try:
