@@ -45,19 +45,26 @@ def cli_env(emulator: AmazonEmulator, tmp_path: Path) -> dict[str, str]:
     return env
 
 
+async def spawn_cli(
+    env: dict[str, str], *args: str, stderr: int = asyncio.subprocess.PIPE
+) -> asyncio.subprocess.Process:
+    """``python -m aioamztoken ARGS`` with piped stdin and stdout."""
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "aioamztoken",
+        *args,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=stderr,
+        env=env,
+    )
+
+
 @pytest.fixture
 def cli(cli_env: dict[str, str]) -> Runner:
     async def run(*args: str, stdin: str | None = None, env: dict[str, str] | None = None) -> Done:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "aioamztoken",
-            *args,
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            env=env or cli_env,
-        )
+        proc = await spawn_cli(env or cli_env, *args)
         out, err = await asyncio.wait_for(
             proc.communicate(None if stdin is None else stdin.encode()), 60
         )
@@ -152,16 +159,7 @@ async def test_refresh_all_shows_a_progress_bar_on_a_terminal(
     for n in range(4):
         await cli("add", f"a{n}", stdin=emulator.issue_refresh_token(f"a{n}"))
     master, slave = pty.openpty()
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "aioamztoken",
-        "refresh",
-        "--all",
-        stdout=asyncio.subprocess.PIPE,
-        stderr=slave,
-        env=cli_env,
-    )
+    proc = await spawn_cli(cli_env, "refresh", "--all", stderr=slave)
     os.close(slave)
     out, _ = await asyncio.wait_for(proc.communicate(), 60)
     terminal = b""
@@ -239,26 +237,31 @@ async def read_line_with(stream: asyncio.StreamReader, needle: str) -> str:
             return line.strip()
 
 
-async def start_login(
-    cli_env: dict[str, str], *extra: str
-) -> tuple[asyncio.subprocess.Process, str]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "aioamztoken",
+def spawn_login(
+    cli_env: dict[str, str],
+    *extra: str,
+    redirect_uri: str = "http://127.0.0.1:0/callback",
+    timeout: str = "30",
+) -> Coroutine[Any, Any, asyncio.subprocess.Process]:
+    """``aioamztoken login acct --no-browser`` with a redirect URI and a timeout."""
+    return spawn_cli(
+        cli_env,
         "login",
         "acct",
         "--no-browser",
         "--redirect-uri",
-        "http://127.0.0.1:0/callback",
+        redirect_uri,
         "--timeout",
-        "30",
+        timeout,
         *extra,
-        stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env=cli_env,
     )
+
+
+async def start_login(
+    cli_env: dict[str, str], *extra: str, redirect_uri: str = "http://127.0.0.1:0/callback"
+) -> tuple[asyncio.subprocess.Process, str]:
+    """A login under way, and the consent URL it printed."""
+    proc = await spawn_login(cli_env, *extra, redirect_uri=redirect_uri)
     assert proc.stderr is not None
     consent_url = await read_line_with(proc.stderr, "/ap/oa?")
     return proc, consent_url
@@ -312,24 +315,10 @@ async def test_login_with_a_forged_state_fails_clearly_and_stores_nothing(
 async def test_manual_login_reads_the_pasted_redirect_url(
     cli_env: dict[str, str], emulator: AmazonEmulator
 ) -> None:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "aioamztoken",
-        "login",
-        "acct",
-        "--no-browser",
-        "--manual",
-        "--redirect-uri",
-        "https://app.example.com/amazon/callback",
-        stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env=cli_env,
+    proc, consent_url = await start_login(
+        cli_env, "--manual", redirect_uri="https://app.example.com/amazon/callback"
     )
-    assert proc.stderr is not None
     assert proc.stdin is not None
-    consent_url = await read_line_with(proc.stderr, "/ap/oa?")
     async with (
         aiohttp.ClientSession() as browser,
         browser.get(consent_url, allow_redirects=False) as consent,
@@ -343,21 +332,7 @@ async def test_manual_login_reads_the_pasted_redirect_url(
 
 
 async def test_login_times_out_clearly(cli_env: dict[str, str]) -> None:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "aioamztoken",
-        "login",
-        "acct",
-        "--no-browser",
-        "--redirect-uri",
-        "http://127.0.0.1:0/callback",
-        "--timeout",
-        "0.5",
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env=cli_env,
-    )
+    proc = await spawn_login(cli_env, timeout="0.5")
     _, err = await asyncio.wait_for(proc.communicate(), 30)
     assert proc.returncode == 1
     assert "no redirect arrived" in err.decode()
