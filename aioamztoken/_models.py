@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 import math
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = ["AccountState", "AccountStatus", "Region", "Token"]
@@ -117,10 +117,6 @@ class Token:
         if self.issued_at is None:
             return None
         return self.expires_at - self.issued_at
-
-    def with_refresh_token(self, refresh_token: str) -> Token:
-        """A copy holding ``refresh_token``."""
-        return replace(self, refresh_token=refresh_token)
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON-ready form the stores persist (it holds secrets: keep it private)."""
