@@ -13,11 +13,12 @@ import contextlib
 import threading
 import weakref
 from asyncio import _get_running_loop
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ._errors import EventLoopError, ManagerClosedError, TokenEndpointError
+from ._http import ClientSecrets
 from ._logging import logger
 from ._lwa import DEFAULT_SCOPE
 from ._manager import AsyncTokenManager
@@ -215,7 +216,7 @@ class BlockingTokenManager:
     def __init__(
         self,
         client_id: str,
-        client_secret: str,
+        client_secret: str | Sequence[str],
         *,
         store: TokenStore,
         call_timeout: float | None = None,
@@ -377,10 +378,31 @@ class BlockingTokenManager:
 
     # ------------------------------------------------------------------ accounts
 
-    def add_account(self, account_id: str, refresh_token: str) -> None:
-        """Store ``refresh_token`` for ``account_id``; the first use fetches an access token."""
-        self._call("add_account", lambda m: m.add_account(account_id, refresh_token))
+    def add_account(
+        self, account_id: str, refresh_token: str, *, authorized_at: float | None = None
+    ) -> None:
+        """Store ``refresh_token`` for ``account_id``; the first use fetches an access token.
+
+        ``authorized_at`` (POSIX seconds) is when the grant was made, default now.
+        """
+        self._call(
+            "add_account",
+            lambda m: m.add_account(account_id, refresh_token, authorized_at=authorized_at),
+        )
         self._tokens.pop(account_id, None)
+
+    def set_client_secrets(self, client_secrets: str | Sequence[str]) -> None:
+        """Use ``client_secrets`` (newest first) from now on; tokens and timers are kept.
+
+        See :meth:`AsyncTokenManager.set_client_secrets`. Raises ``ValueError`` for an
+        empty list.
+        """
+        secrets = ClientSecrets.parse(client_secrets)  # a bad list fails in this thread
+
+        async def swap(manager: AsyncTokenManager) -> None:
+            manager.set_client_secrets(secrets)
+
+        self._call("set_client_secrets", swap)
 
     def exchange_code(
         self,

@@ -79,7 +79,13 @@ class InvalidGrantError(TokenRefreshError):
 
 
 class InvalidClientError(TokenRefreshError):
-    """The client id or client secret was rejected: fix the application's credentials."""
+    """The client id or client secret was rejected: fix the application's credentials.
+
+    Raised only once every configured client secret has been rejected;
+    ``secrets_tried`` says how many were.
+    """
+
+    secrets_tried: int = 1
 
 
 class TokenEndpointError(AmzTokenError):

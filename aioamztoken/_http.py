@@ -4,19 +4,83 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Generator
+from collections.abc import Generator, Sequence
 from typing import Any
 
 import aiohttp
 import backoff
 from backoff.types import Details
 
-from ._errors import ManagerClosedError, TokenEndpointError, TokenRefreshError
-from ._logging import http_logger
-from ._lwa import TOKEN_REQUEST_HEADERS, TokenRequest, parse_retry_after, parse_token_response
+from ._errors import InvalidClientError, ManagerClosedError, TokenEndpointError, TokenRefreshError
+from ._logging import audit_logger, http_logger
+from ._lwa import TokenRequest, parse_retry_after, parse_token_response
 from ._models import Token
 
-__all__ = ["RetryPolicy", "TokenEndpoint"]
+__all__ = ["ClientSecrets", "RetryPolicy", "TokenEndpoint"]
+
+
+class ClientSecrets:
+    """The application's client secrets, newest first, and the one the endpoint accepts.
+
+    During a rotation Amazon accepts the old and the new secret for a while (7 days for
+    SP-API apps, which must rotate every 180 days); a secret it no longer accepts is
+    answered ``401 invalid_client``. :meth:`order` puts the last accepted secret first, so
+    once one is accepted every account uses it. :meth:`replace` swaps the list at run
+    time. Never shows a secret in its repr. Not thread-safe (one event loop).
+    """
+
+    __slots__ = ("_accepted", "_secrets")
+
+    def __init__(self, secrets: str | Sequence[str]) -> None:
+        self._secrets: tuple[str, ...] = ()
+        self._accepted: str | None = None
+        self.replace(secrets)
+
+    def __repr__(self) -> str:
+        preferred = self.number(self.preferred)
+        return f"<ClientSecrets count={len(self._secrets)} preferred=#{preferred}>"
+
+    def __len__(self) -> int:
+        return len(self._secrets)
+
+    @staticmethod
+    def parse(secrets: str | Sequence[str]) -> tuple[str, ...]:
+        """``secrets`` as a tuple; raise ``ValueError`` for none, an empty one or a non-string."""
+        items = (secrets,) if isinstance(secrets, str) else tuple(secrets)
+        if not items or any(not isinstance(s, str) or not s for s in items):
+            raise ValueError(
+                "client_secret must be a non-empty string, or a non-empty sequence of them "
+                "(newest first)"
+            )
+        return tuple(dict.fromkeys(items))  # a secret listed twice is tried once
+
+    def replace(self, secrets: str | Sequence[str]) -> None:
+        """Use ``secrets`` (newest first) from now on; the accepted one is kept if still listed."""
+        self._secrets = self.parse(secrets)
+        if self._accepted not in self._secrets:
+            self._accepted = None
+
+    @property
+    def preferred(self) -> str:
+        """The secret tried first: the last one accepted, else the newest."""
+        return self._accepted if self._accepted is not None else self._secrets[0]
+
+    def order(self) -> list[str]:
+        """Every secret, in the order to try them: the preferred one, then the others."""
+        first = self.preferred
+        return [first, *(s for s in self._secrets if s != first)]
+
+    def number(self, secret: str) -> int:
+        """The 1-based position of ``secret`` in the list (0 if no longer listed)."""
+        try:
+            return self._secrets.index(secret) + 1
+        except ValueError:
+            return 0
+
+    def accepted(self, secret: str) -> None:
+        """The endpoint accepted ``secret``: try it first from now on."""
+        if secret in self._secrets:
+            self._accepted = secret
 
 
 class RetryPolicy:
@@ -83,6 +147,7 @@ class TokenEndpoint:
         session: aiohttp.ClientSession | None,
         max_concurrent: int,
         policy: RetryPolicy,
+        secrets: ClientSecrets | None = None,
     ) -> None:
         if max_concurrent < 1:
             raise ValueError("max_concurrent_refreshes must be at least 1")
@@ -91,6 +156,7 @@ class TokenEndpoint:
         self._max_concurrent = max_concurrent
         self._slots: asyncio.Semaphore | None = None
         self.policy = policy
+        self.secrets = secrets
         self.in_flight = 0
         self.closed = False
         self._not_before = 0.0  # monotonic time before which no request is sent (429)
@@ -117,6 +183,87 @@ class TokenEndpoint:
             self._own_session = None
 
     async def request(
+        self,
+        request: TokenRequest,
+        *,
+        account_id: str,
+        previous_refresh_token: str | None = None,
+        deadline: float | None = None,
+    ) -> tuple[Token, int]:
+        """Send ``request``, signed with each client secret in turn until one is accepted.
+
+        With :attr:`secrets` set, the request is signed with the preferred secret; an
+        ``invalid_client`` answer moves on at once (no backoff) to the next, within the
+        same budget. Client authentication comes before the grant is looked at, so a
+        code is not spent by a rejected secret. The first secret accepted becomes the
+        preferred one. :class:`InvalidClientError` is raised only once every secret has
+        been rejected, saying how many were tried (``secrets_tried``). Otherwise as
+        :meth:`_send`; ``attempts`` counts the requests for every secret.
+        """
+        if deadline is None:
+            deadline = time.monotonic() + self.policy.max_time
+        secrets = self.secrets
+        if secrets is None:
+            return await self._send(
+                request,
+                account_id=account_id,
+                previous_refresh_token=previous_refresh_token,
+                deadline=deadline,
+            )
+        tried: list[str] = []
+        rejected: list[int] = []
+        attempts = 0
+        refusal: InvalidClientError | None = None
+        # The list is read again after each refusal: set_client_secrets() may have
+        # swapped it while this request was in flight.
+        while (candidate := next((s for s in secrets.order() if s not in tried), None)) is not None:
+            tried.append(candidate)
+            try:
+                token, used = await self._send(
+                    request.with_client_secret(candidate),
+                    account_id=account_id,
+                    previous_refresh_token=previous_refresh_token,
+                    deadline=deadline,
+                )
+            except InvalidClientError as exc:
+                attempts += exc.attempts
+                rejected.append(secrets.number(candidate))
+                refusal = exc
+                continue
+            except (TokenEndpointError, TokenRefreshError) as exc:
+                exc.attempts += attempts
+                raise
+            secrets.accepted(candidate)
+            if rejected:
+                audit_logger.info(
+                    "client-secret account=%r outcome=ok: secret #%d of %d accepted after %s "
+                    "rejected",
+                    account_id,
+                    secrets.number(candidate),
+                    len(secrets),
+                    ", ".join(f"#{n}" if n else "a secret no longer listed" for n in rejected),
+                )
+            return token, attempts + used
+        assert refusal is not None
+        count = len(tried)
+        error = InvalidClientError(
+            f"{refusal}; "
+            + ("tried 1 client secret" if count == 1 else f"tried all {count} client secrets"),
+            error=refusal.error,
+            description=refusal.description,
+            status=refusal.status,
+        )
+        error.attempts = attempts
+        error.secrets_tried = count
+        if count > 1:
+            audit_logger.info(
+                "client-secret account=%r outcome=failed: all %d secrets rejected",
+                account_id,
+                count,
+            )
+        raise error
+
+    async def _send(
         self,
         request: TokenRequest,
         *,
@@ -232,7 +379,7 @@ class TokenEndpoint:
                 async with self._session().post(
                     request.url,
                     data=request.body,
-                    headers=TOKEN_REQUEST_HEADERS,
+                    headers=request.headers,
                     timeout=aiohttp.ClientTimeout(total=timeout),
                     allow_redirects=False,
                     raise_for_status=False,

@@ -13,10 +13,10 @@ import json
 import math
 import secrets
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from email.utils import parsedate_to_datetime
-from typing import Any
-from urllib.parse import urlencode
+from typing import Any, Literal
+from urllib.parse import quote_plus, urlencode
 
 from ._errors import (
     InvalidClientError,
@@ -27,9 +27,13 @@ from ._errors import (
 from ._models import Region, Token
 
 __all__ = [
+    "CLIENT_AUTH_METHODS",
     "DEFAULT_SCOPE",
+    "ClientAuth",
     "TokenRequest",
     "authorization_url",
+    "basic_authorization",
+    "check_client_auth",
     "code_request",
     "make_pkce_pair",
     "parse_retry_after",
@@ -42,18 +46,71 @@ DEFAULT_EXPIRES_IN = 3600.0
 _MAX_DESCRIPTION = 200
 
 
+ClientAuth = Literal["post", "basic"]
+#: How the client authenticates (RFC 6749 section 2.3.1): ``"post"`` puts ``client_id`` and
+#: ``client_secret`` in the form, as Amazon documents; ``"basic"`` sends them in an
+#: ``Authorization: Basic`` header instead, which Amazon also accepts and some other
+#: OAuth2 servers require.
+CLIENT_AUTH_METHODS: tuple[ClientAuth, ...] = ("post", "basic")
+
+
+def check_client_auth(client_auth: str) -> ClientAuth:
+    """``client_auth`` if it is ``"post"`` or ``"basic"``; raise ``ValueError`` otherwise."""
+    if client_auth == "post":
+        return "post"
+    if client_auth == "basic":
+        return "basic"
+    raise ValueError(f"client_auth must be 'post' or 'basic', not {client_auth!r}")
+
+
+def basic_authorization(client_id: str, client_secret: str) -> str:
+    """The ``Authorization`` header value of HTTP Basic client authentication.
+
+    RFC 6749 section 2.3.1: the client id and the secret are each form-url-encoded
+    (Appendix B: a space becomes ``+``, other reserved bytes ``%XX``) before they are
+    joined with ``:`` and base64-encoded, so a ``:`` in either survives.
+    """
+    pair = f"{quote_plus(client_id, safe='')}:{quote_plus(client_secret, safe='')}"
+    return "Basic " + base64.b64encode(pair.encode("ascii")).decode("ascii")
+
+
 @dataclass(frozen=True, slots=True)
 class TokenRequest:
-    """A POST to the token endpoint: ``form`` is sent url-encoded. Holds secrets."""
+    """A POST to the token endpoint: ``form`` is sent url-encoded. Holds secrets.
+
+    ``form`` holds the grant's parameters; the client's credentials are added by
+    :attr:`body` (``client_auth="post"``) or :attr:`headers` (``"basic"``), so that
+    :meth:`with_client_secret` can sign the same grant with another secret.
+    """
 
     url: str
     form: dict[str, str] = field(repr=False)
     grant_type: str = "refresh_token"
+    client_id: str = ""
+    client_secret: str = field(default="", repr=False)
+    client_auth: ClientAuth = "post"
 
     @property
     def body(self) -> bytes:
-        """The url-encoded form."""
-        return urlencode(self.form).encode("ascii")
+        """The url-encoded form, with the client's credentials when they go in the body."""
+        form = self.form
+        if self.client_auth == "post" and (self.client_id or self.client_secret):
+            form = {**form, "client_id": self.client_id, "client_secret": self.client_secret}
+        return urlencode(form).encode("ascii")
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """The request headers, ``Authorization: Basic`` included for ``client_auth="basic"``."""
+        if self.client_auth != "basic":
+            return dict(TOKEN_REQUEST_HEADERS)
+        return {
+            **TOKEN_REQUEST_HEADERS,
+            "Authorization": basic_authorization(self.client_id, self.client_secret),
+        }
+
+    def with_client_secret(self, client_secret: str) -> TokenRequest:
+        """The same request, authenticated with ``client_secret``."""
+        return replace(self, client_secret=client_secret)
 
 
 #: Headers of every token request.
@@ -64,18 +121,21 @@ TOKEN_REQUEST_HEADERS = {
 
 
 def refresh_request(
-    token_url: str, client_id: str, client_secret: str, refresh_token: str
+    token_url: str,
+    client_id: str,
+    client_secret: str,
+    refresh_token: str,
+    *,
+    client_auth: ClientAuth = "post",
 ) -> TokenRequest:
     """The request that trades a refresh token for a new access token."""
     return TokenRequest(
         token_url,
-        {
-            "grant_type": "refresh_token",
-            "refresh_token": refresh_token,
-            "client_id": client_id,
-            "client_secret": client_secret,
-        },
+        {"grant_type": "refresh_token", "refresh_token": refresh_token},
         "refresh_token",
+        client_id,
+        client_secret,
+        check_client_auth(client_auth),
     )
 
 
@@ -86,18 +146,21 @@ def code_request(
     code: str,
     redirect_uri: str,
     code_verifier: str | None = None,
+    *,
+    client_auth: ClientAuth = "post",
 ) -> TokenRequest:
     """The request that trades an authorization code for the first token pair."""
-    form = {
-        "grant_type": "authorization_code",
-        "code": code,
-        "redirect_uri": redirect_uri,
-        "client_id": client_id,
-        "client_secret": client_secret,
-    }
+    form = {"grant_type": "authorization_code", "code": code, "redirect_uri": redirect_uri}
     if code_verifier is not None:
         form["code_verifier"] = code_verifier
-    return TokenRequest(token_url, form, "authorization_code")
+    return TokenRequest(
+        token_url,
+        form,
+        "authorization_code",
+        client_id,
+        client_secret,
+        check_client_auth(client_auth),
+    )
 
 
 def authorization_url(

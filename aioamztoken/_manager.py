@@ -8,7 +8,7 @@ import inspect
 import random
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator, Sequence
 from dataclasses import replace
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
@@ -25,10 +25,18 @@ from ._errors import (
     StorageError,
     TokenEndpointError,
 )
-from ._http import RetryPolicy, TokenEndpoint
+from ._http import ClientSecrets, RetryPolicy, TokenEndpoint
 from ._logging import audit_logger, logger
-from ._lwa import DEFAULT_SCOPE, authorization_url, code_request, refresh_request
+from ._lwa import (
+    DEFAULT_SCOPE,
+    ClientAuth,
+    authorization_url,
+    check_client_auth,
+    code_request,
+    refresh_request,
+)
 from ._models import AccountState, AccountStatus, Region, Token
+from ._reauth import DEFAULT_REAUTH_WARNING, ReauthWatch, check_authorized_at
 from .stores._base import validate_account_id
 
 if TYPE_CHECKING:
@@ -40,6 +48,7 @@ __all__ = ["AsyncTokenManager"]
 OnRefresh = Callable[[str, Token], "Awaitable[None] | None"]
 OnRefreshError = Callable[[str, BaseException], "Awaitable[None] | None"]
 OnReauthRequired = Callable[[str], "Awaitable[None] | None"]
+OnReauthDue = Callable[[str, float], "Awaitable[None] | None"]
 
 _R = TypeVar("_R")
 _time = time.time
@@ -174,12 +183,25 @@ class AsyncTokenManager:
     session and closes it in :meth:`aclose`. Hooks may be plain functions or coroutine
     functions; they run after the token is saved and cached, before waiting callers
     resume, so keep them quick; one that raises is logged and ignored.
+
+    ``client_secret`` is one secret or a sequence of them, newest first (a rotation): on
+    ``invalid_client`` the next is tried at once, and the first one accepted is used
+    from then on for every account; :meth:`set_client_secrets` swaps them at run time.
+    ``client_auth`` is ``"post"`` (the default, as Amazon documents: the client id and
+    secret in the form) or ``"basic"`` (an ``Authorization: Basic`` header, RFC 6749
+    section 2.3.1).
+
+    ``authorization_max_age`` (seconds, default ``None``: unknown) is how long a grant
+    lasts before the account must be authorized again (365 days for public SP-API
+    apps). Once an account is within ``reauth_warning`` (default 30 days) of that date,
+    ``on_reauth_due(account_id, reauth_due_at)`` runs once, in a task of its own, and a
+    warning is logged; :meth:`status` reports ``authorized_at`` and ``reauth_due_at``.
     """
 
     def __init__(
         self,
         client_id: str,
-        client_secret: str,
+        client_secret: str | Sequence[str],
         *,
         store: TokenStore,
         region: Region | str = "na",
@@ -196,13 +218,20 @@ class AsyncTokenManager:
         request_timeout: float = 10.0,
         expiry_margin: float | None = None,
         authorization_base_url: str | None = None,
+        client_auth: ClientAuth = "post",
+        authorization_max_age: float | None = None,
+        reauth_warning: float = DEFAULT_REAUTH_WARNING,
+        on_reauth_due: OnReauthDue | None = None,
     ) -> None:
         if not client_id or not client_secret:
             raise ValueError("client_id and client_secret must be non-empty strings")
+        self._secrets = ClientSecrets(client_secret)
+        self.client_auth: ClientAuth = check_client_auth(client_auth)
+        self._reauth = ReauthWatch(authorization_max_age, reauth_warning)
+        self.on_reauth_due = on_reauth_due
         if refresh_buffer < 0:
             raise ValueError("refresh_buffer must not be negative")
         self.client_id = client_id
-        self._client_secret = client_secret
         self.store = store
         self.region = Region.parse(region)
         self.token_url = token_url or self.region.token_url
@@ -226,6 +255,7 @@ class AsyncTokenManager:
             policy=RetryPolicy(
                 max_tries=max_retries, max_time=retry_budget, request_timeout=request_timeout
             ),
+            secrets=self._secrets,
         )
         self._entries: dict[str, _Entry] = {}
         self._inflight: dict[str, asyncio.Task[Token]] = {}
@@ -247,6 +277,29 @@ class AsyncTokenManager:
             f"<AsyncTokenManager client_id={self.client_id!r} region={self.region.value!r} "
             f"store={self.store!r} accounts_cached={len(self._entries)}"
             f"{' closed' if self._closed else ''}>"
+        )
+
+    @property
+    def _client_secret(self) -> str:
+        return self._secrets.preferred
+
+    @property
+    def authorization_max_age(self) -> float | None:
+        """Seconds a grant lasts before re-authorization, or ``None`` when unknown."""
+        return self._reauth.max_age
+
+    def set_client_secrets(self, client_secrets: str | Sequence[str]) -> None:
+        """Use ``client_secrets`` (newest first) from now on, without a restart.
+
+        Tokens, timers and refreshes in flight are left alone: a request in flight that
+        is refused tries the new secrets. Raises ``ValueError`` for an empty list.
+        Safe to call from the manager's loop (from :class:`BlockingTokenManager`, any
+        thread).
+        """
+        before = len(self._secrets)
+        self._secrets.replace(client_secrets)
+        audit_logger.info(
+            "set-client-secrets outcome=ok secrets=%d (was %d)", len(self._secrets), before
         )
 
     # ------------------------------------------------------------------ lifecycle
@@ -556,12 +609,19 @@ class AsyncTokenManager:
             try:
                 token, attempts = await self._endpoint.request(
                     refresh_request(
-                        self.token_url, self.client_id, self._client_secret, stored.refresh_token
+                        self.token_url,
+                        self.client_id,
+                        self._client_secret,
+                        stored.refresh_token,
+                        client_auth=self.client_auth,
                     ),
                     account_id=account_id,
                     previous_refresh_token=stored.refresh_token,
                     deadline=deadline,
                 )
+                if stored.authorized_at is not None:
+                    # The same grant: its age goes on counting from when it was made.
+                    token = replace(token, authorized_at=stored.authorized_at)
             except InvalidGrantError:
                 if generation == self._generation.get(account_id, 0):
                     self._mark_reauth(account_id, _fingerprint(stored.refresh_token))
@@ -668,6 +728,7 @@ class AsyncTokenManager:
 
     def _install(self, account_id: str, token: Token) -> _Entry:
         """Cache ``token`` and schedule its background refresh."""
+        self._watch_reauth(account_id, token)
         entry = self._entries.get(account_id)
         if entry is None:
             entry = self._entries[account_id] = _Entry(token)
@@ -896,9 +957,11 @@ class AsyncTokenManager:
                     code,
                     redirect_uri,
                     code_verifier,
+                    client_auth=self.client_auth,
                 ),
                 account_id=account_id,
             )
+            token = replace(token, authorized_at=token.issued_at or time.time())
             await self._settle(account_id)
             async with self._store_lock(account_id):
                 await self._save_to_the_end(account_id, token)
@@ -917,20 +980,26 @@ class AsyncTokenManager:
         self._audit("code-exchange", account_id, "ok", started, attempts, "authorization_code")
         return token
 
-    async def add_account(self, account_id: str, refresh_token: str) -> None:
+    async def add_account(
+        self, account_id: str, refresh_token: str, *, authorized_at: float | None = None
+    ) -> None:
         """Store ``refresh_token`` for ``account_id``; the first use fetches an access token.
 
-        Makes no network call. Replaces whatever the account had and clears a
+        ``authorized_at`` (POSIX seconds) is when the grant was made, default now. Makes
+        no network call. Replaces whatever the account had and clears a
         needs-re-authorization state.
         """
         validate_account_id(account_id)
         if not isinstance(refresh_token, str) or not refresh_token.strip():
             raise ValueError("refresh_token must be a non-empty string")
+        granted = check_authorized_at(authorized_at)
         self._bind()
         await self._settle(account_id)
+        token = Token("", refresh_token.strip(), 0.0, authorized_at=granted)
         async with self._store_lock(account_id):
-            await self._save(account_id, Token("", refresh_token.strip(), 0.0))
+            await self._save(account_id, token)
         self._replace(account_id)
+        self._watch_reauth(account_id, token)
         audit_logger.info("add-account account=%r outcome=ok", account_id)
 
     async def remove_account(self, account_id: str) -> None:
@@ -962,8 +1031,11 @@ class AsyncTokenManager:
         entry = self._entries.get(account_id)
         refreshing = account_id in self._inflight
         if entry is not None and entry.needs_reauth:
-            return AccountStatus(
-                account_id, AccountState.NEEDS_REAUTH, None, refreshing, entry.last_error
+            return self._with_authorization(
+                AccountStatus(
+                    account_id, AccountState.NEEDS_REAUTH, None, refreshing, entry.last_error
+                ),
+                entry.token,
             )
         if entry is not None:
             token = entry.token
@@ -974,8 +1046,11 @@ class AsyncTokenManager:
             if stored is None:
                 raise AccountNotFoundError(account_id)
             if stored.needs_reauth:
-                return AccountStatus(account_id, AccountState.NEEDS_REAUTH, None, refreshing)
+                return self._with_authorization(
+                    AccountStatus(account_id, AccountState.NEEDS_REAUTH, None, refreshing), stored
+                )
             token, last_error = stored, None
+            self._watch_reauth(account_id, stored)
             buffer, margin = self._pacing(stored)
             due_at = stored.expires_at - buffer
             usable_until = stored.expires_at - margin
@@ -987,7 +1062,31 @@ class AsyncTokenManager:
         else:
             state = AccountState.FRESH
         expires_at = token.expires_at if token.access_token else None
-        return AccountStatus(account_id, state, expires_at, refreshing, last_error)
+        return self._with_authorization(
+            AccountStatus(account_id, state, expires_at, refreshing, last_error), token
+        )
+
+    def _with_authorization(self, status: AccountStatus, token: Token) -> AccountStatus:
+        return replace(
+            status, authorized_at=token.authorized_at, reauth_due_at=self._reauth.due_at(token)
+        )
+
+    def _watch_reauth(self, account_id: str, token: Token) -> None:
+        """Run ``on_reauth_due`` (in a task) the first time ``token``'s grant is near its end."""
+        due = self._reauth.due_to_warn(account_id, token)
+        if due is None or self._closed or self._loop is None:
+            return
+        logger.warning(
+            "account %r must be re-authorized by %s (its authorization is %.0f days old)",
+            account_id,
+            time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(due)),
+            (_time() - (token.authorized_at or 0.0)) / 86400,
+        )
+        if self.on_reauth_due is not None:
+            self._track(
+                self._hook("on_reauth_due", self.on_reauth_due, account_id, due),
+                must_finish=False,
+            )
 
     # ------------------------------------------------------------------ aiohttp integration
 

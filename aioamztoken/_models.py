@@ -102,6 +102,10 @@ class Token:
     """The token endpoint rejected ``refresh_token`` (``invalid_grant``): kept in the store
     so that every process, and ``aioamztoken accounts``, knows the account needs
     re-authorization."""
+    authorized_at: float | None = None
+    """When the grant behind ``refresh_token`` was made (POSIX seconds), if known: set by
+    ``exchange_code`` and ``add_account`` and carried over by every refresh. Amazon
+    requires public SP-API apps to be re-authorized by the seller every 365 days."""
 
     def expires_in(self, now: float | None = None) -> float:
         """Seconds until expiry (negative once expired)."""
@@ -131,6 +135,8 @@ class Token:
             record["issued_at"] = self.issued_at
         if self.needs_reauth:
             record["needs_reauth"] = True
+        if self.authorized_at is not None:
+            record["authorized_at"] = self.authorized_at
         return record
 
     @classmethod
@@ -161,6 +167,13 @@ class Token:
         needs_reauth = data.get("needs_reauth", False)
         if not isinstance(needs_reauth, bool):
             raise ValueError("needs_reauth must be a boolean when present")
+        authorized_at = data.get("authorized_at")
+        if authorized_at is not None and (
+            isinstance(authorized_at, bool)
+            or not isinstance(authorized_at, (int, float))
+            or not math.isfinite(authorized_at)
+        ):
+            raise ValueError("authorized_at must be a finite number when present")
         return cls(
             access,
             refresh,
@@ -169,6 +182,7 @@ class Token:
             scope,
             None if issued_at is None else float(issued_at),
             needs_reauth,
+            None if authorized_at is None else float(authorized_at),
         )
 
 
@@ -203,6 +217,11 @@ class AccountStatus:
     """A refresh is in flight right now."""
     last_error: str | None = None
     """The type and message of the last failed refresh, if the last attempt failed."""
+    authorized_at: float | None = None
+    """When the grant behind the account's refresh token was made (POSIX seconds), if known."""
+    reauth_due_at: float | None = None
+    """``authorized_at + authorization_max_age``: when the account must be authorized again,
+    or ``None`` when either is unknown."""
 
     @property
     def expires_in(self) -> float | None:
