@@ -29,11 +29,13 @@ class ClientSecrets:
     time. Never shows a secret in its repr. Not thread-safe (one event loop).
     """
 
-    __slots__ = ("_accepted", "_secrets")
+    __slots__ = ("_accepted", "_secrets", "generation")
 
     def __init__(self, secrets: str | Sequence[str]) -> None:
         self._secrets: tuple[str, ...] = ()
         self._accepted: str | None = None
+        self.generation = 0
+        """Bumped by :meth:`replace`."""
         self.replace(secrets)
 
     def __repr__(self) -> str:
@@ -55,10 +57,10 @@ class ClientSecrets:
         return tuple(dict.fromkeys(items))  # a secret listed twice is tried once
 
     def replace(self, secrets: str | Sequence[str]) -> None:
-        """Use ``secrets`` (newest first) from now on; the accepted one is kept if still listed."""
+        """Use ``secrets`` from now on, the first one first (the caller's order wins)."""
         self._secrets = self.parse(secrets)
-        if self._accepted not in self._secrets:
-            self._accepted = None
+        self._accepted = None
+        self.generation += 1
 
     @property
     def preferred(self) -> str:
@@ -77,9 +79,13 @@ class ClientSecrets:
         except ValueError:
             return 0
 
-    def accepted(self, secret: str) -> None:
-        """The endpoint accepted ``secret``: try it first from now on."""
-        if secret in self._secrets:
+    def accepted(self, secret: str, generation: int | None = None) -> None:
+        """The endpoint accepted ``secret``: try it first from now on.
+
+        Ignored when the list was replaced since ``generation``: a request signed before
+        a swap must not undo the order the caller just gave.
+        """
+        if secret in self._secrets and generation in (None, self.generation):
             self._accepted = secret
 
 
@@ -218,6 +224,7 @@ class TokenEndpoint:
         # swapped it while this request was in flight.
         while (candidate := next((s for s in secrets.order() if s not in tried), None)) is not None:
             tried.append(candidate)
+            generation = secrets.generation
             try:
                 token, used = await self._send(
                     request.with_client_secret(candidate),
@@ -233,7 +240,7 @@ class TokenEndpoint:
             except (TokenEndpointError, TokenRefreshError) as exc:
                 exc.attempts += attempts
                 raise
-            secrets.accepted(candidate)
+            secrets.accepted(candidate, generation)
             if rejected:
                 audit_logger.info(
                     "client-secret account=%r outcome=ok: secret #%d of %d accepted after %s "

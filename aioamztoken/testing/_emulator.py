@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import collections
 import contextlib
 import gzip
@@ -15,15 +13,16 @@ import secrets
 import threading
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Collection, Iterator
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
-from urllib.parse import parse_qsl, unquote_plus, urlencode
+from urllib.parse import parse_qsl, urlencode
 
 from aiohttp import hdrs, web
 
 from aioamztoken._lwa import pkce_challenge
+from aioamztoken.testing._client_auth import ClientAuthPolicy
 
 __all__ = ["AmazonEmulator", "ApiRequestRecord", "DownloadRequestRecord", "TokenRequestRecord"]
 
@@ -179,6 +178,11 @@ class AmazonEmulator:
 
     - ``client_id="emu-client-id"``, ``client_secret="emu-client-secret"``: the only
       application credentials the token endpoint and the Ads API accept.
+    - ``client_secrets=None``: the secrets the token endpoint accepts, when several are
+      (a rotation); ``None`` means ``[client_secret]``. Others answer ``401 invalid_client``.
+    - ``client_auth_methods=("post", "basic")``: how a client may authenticate, with the
+      credentials in the form and/or in an ``Authorization: Basic`` header. A request
+      using both at once answers ``400 invalid_request`` (RFC 6749 section 2.3.1).
     - ``token_lifetime=3600.0``: ``expires_in`` of newly issued access tokens, in seconds;
       the tokens really stop working at the Ads API after that long.
     - ``expires_in_as_string=False``: send ``"expires_in": "3600"`` as Amazon sometimes does.
@@ -226,9 +230,15 @@ class AmazonEmulator:
         rotate_refresh_tokens: bool = False,
         host: str = "127.0.0.1",
         seed: int = 0,
+        client_secrets: Collection[str] | None = None,
+        client_auth_methods: Collection[str] = ("post", "basic"),
     ) -> None:
         self.client_id = client_id
         self.client_secret = client_secret
+        self.client_secrets: list[str] | None = (
+            None if client_secrets is None else list(client_secrets)
+        )
+        self.client_auth_methods = ClientAuthPolicy(client_auth_methods).methods
         self.token_lifetime = token_lifetime
         self.expires_in_as_string = expires_in_as_string
         self.rotate_refresh_tokens = rotate_refresh_tokens
@@ -658,10 +668,12 @@ class AmazonEmulator:
         return latency
 
     def _grant(self, request: web.Request, form: dict[str, str]) -> web.Response:
-        if not self._client_authenticated(request, form):
-            return _oauth_error(
-                401, "invalid_client", "Client authentication failed: unknown client or secret"
-            )
+        secrets = [self.client_secret] if self.client_secrets is None else self.client_secrets
+        refusal = ClientAuthPolicy(self.client_auth_methods).check(
+            self.client_id, secrets, request.headers.get(hdrs.AUTHORIZATION), form
+        )
+        if refusal is not None:
+            return _oauth_error(*refusal)
         grant_type = form.get("grant_type")
         if not grant_type:
             return _oauth_error(400, "invalid_request", "The grant_type parameter is missing")
@@ -672,22 +684,6 @@ class AmazonEmulator:
         return _oauth_error(
             400, "unsupported_grant_type", f"The grant type {grant_type!r} is not supported"
         )
-
-    def _client_authenticated(self, request: web.Request, form: dict[str, str]) -> bool:
-        header = request.headers.get(hdrs.AUTHORIZATION)
-        if header is None:
-            return self._is_client(form.get("client_id"), form.get("client_secret"))
-        credentials = _decode_basic_auth(header)
-        if credentials is None:
-            return False
-        login, password = credentials
-        # RFC 6749 (2.3.1) form-encodes the credentials before Basic; accept both.
-        return self._is_client(login, password) or self._is_client(
-            unquote_plus(login), unquote_plus(password)
-        )
-
-    def _is_client(self, client_id: str | None, client_secret: str | None) -> bool:
-        return client_id == self.client_id and client_secret == self.client_secret
 
     def _refresh_grant(self, form: dict[str, str]) -> web.Response:
         refresh_token = form.get("refresh_token")
@@ -1082,23 +1078,6 @@ def _parse_form(content_type: str, body: bytes) -> tuple[dict[str, str], str | N
     if len(form) != len(pairs):
         return form, "A parameter was sent more than once"
     return form, None
-
-
-def _decode_basic_auth(header: str) -> tuple[str, str] | None:
-    """``(login, password)`` from a ``Basic`` Authorization header, ``None`` if malformed."""
-    scheme, _, encoded = header.strip().partition(" ")
-    if scheme.lower() != "basic":
-        return None
-    try:
-        raw = base64.b64decode(encoded.strip(), validate=True)
-    except (binascii.Error, ValueError):
-        return None
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError:
-        text = raw.decode("latin-1")
-    login, colon, password = text.partition(":")
-    return (login, password) if colon else None
 
 
 def _code_problem(grant: _CodeGrant | None, redirect_uri: str, verifier: str | None) -> str | None:
