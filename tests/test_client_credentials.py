@@ -27,10 +27,15 @@ NEW = "amzn1.oa2-cs.v1.1e11e11e1"
 OTHER = "amzn1.oa2-cs.v1.5ca1ab1e"
 
 
-def manager(amazon: AmazonEmulator, secrets: str | list[str], **options: object) -> AsyncTokenManager:
+def manager(
+    amazon: AmazonEmulator, secrets: str | list[str], **options: object
+) -> AsyncTokenManager:
     options.setdefault("store", MemoryTokenStore())
     return AsyncTokenManager(
-        amazon.client_id, secrets, token_url=amazon.token_url, **options  # type: ignore[arg-type]
+        amazon.client_id,
+        secrets,
+        token_url=amazon.token_url,
+        **options,  # type: ignore[arg-type]
     )
 
 
@@ -55,7 +60,9 @@ def test_basic_requests_carry_no_credentials_in_the_body(build: str) -> None:
     if build == "refresh":
         request = refresh_request("https://t/", "cid", "csecret", "Atzr|r", client_auth="basic")
     else:
-        request = code_request("https://t/", "cid", "csecret", "ANc", "https://r/", client_auth="basic")
+        request = code_request(
+            "https://t/", "cid", "csecret", "ANc", "https://r/", client_auth="basic"
+        )
     form = parse_qs(request.body.decode())
     assert "client_id" not in form
     assert "client_secret" not in form
@@ -131,7 +138,9 @@ async def test_old_then_new_costs_two_requests_once_and_one_ever_after(
     accepted = [m for m in audit if "client-secret" in m]
     assert len(accepted) == 1
     assert "secret #2 of 2 accepted after #1 rejected" in accepted[0]
-    assert [r.levelno for r in caplog.records if "client-secret" in r.getMessage()] == [logging.INFO]
+    assert [r.levelno for r in caplog.records if "client-secret" in r.getMessage()] == [
+        logging.INFO
+    ]
     text = all_log_text(caplog)
     assert OLD not in text
     assert NEW not in text
