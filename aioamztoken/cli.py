@@ -4,7 +4,10 @@ Configuration comes from flags or from the environment:
 
 ================================  ==============================================================
 ``AIOAMZTOKEN_CLIENT_ID``         the LwA client id (``--client-id``)
-``AIOAMZTOKEN_CLIENT_SECRET``     the LwA client secret (environment only: never on argv)
+``AIOAMZTOKEN_CLIENT_SECRET``     the LwA client secret (environment only: never on argv);
+                                  during a rotation several, comma-separated, newest first
+``AIOAMZTOKEN_CLIENT_AUTH``       ``post`` (default) or ``basic`` (``--client-auth``)
+``AIOAMZTOKEN_AUTHORIZATION_MAX_AGE``  days a grant lasts (``--authorization-max-age``)
 ``AIOAMZTOKEN_REGION``            ``na``, ``eu`` or ``fe`` (``--region``)
 ``AIOAMZTOKEN_STORE``             a store URL (``--store``); default: a file in the user data dir
 ``AIOAMZTOKEN_KEY``               the key of an encrypted store (comma-separated for rotation)
@@ -24,6 +27,7 @@ import json
 import os
 import secrets
 import sys
+import time
 import webbrowser
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
@@ -122,6 +126,24 @@ def _build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--consent-url", default=env("AIOAMZTOKEN_CONSENT_URL"), help="override the consent page"
     )
+    parser.add_argument(
+        "--client-auth",
+        choices=("post", "basic"),
+        default=env("AIOAMZTOKEN_CLIENT_AUTH", "post"),
+        help="send the client credentials in the form (post, as Amazon documents) or in an "
+        "HTTP Basic header; default $AIOAMZTOKEN_CLIENT_AUTH or post",
+    )
+    max_age_help = (
+        "how long a grant lasts before the account must be authorized again "
+        "(365 for public SP-API apps); default $AIOAMZTOKEN_AUTHORIZATION_MAX_AGE"
+    )
+    parser.add_argument(
+        "--authorization-max-age",
+        default=env("AIOAMZTOKEN_AUTHORIZATION_MAX_AGE"),
+        metavar="DAYS",
+        type=_days,
+        help=max_age_help,
+    )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     login = commands.add_parser(
@@ -161,6 +183,13 @@ def _build_parser() -> argparse.ArgumentParser:
 
     accounts = commands.add_parser("accounts", help="list accounts with state and time to expiry")
     accounts.add_argument("--json", action="store_true", help="machine-readable output")
+    accounts.add_argument(
+        "--authorization-max-age",
+        default=argparse.SUPPRESS,
+        metavar="DAYS",
+        type=_days,
+        help=max_age_help,
+    )
 
     refresh = commands.add_parser("refresh", help="refresh one account, or all of them")
     which = refresh.add_mutually_exclusive_group(required=True)
@@ -185,7 +214,21 @@ def _build_parser() -> argparse.ArgumentParser:
             "token and a token the API rejects; print what it took."
         ),
     )
+    from ._cli_import import add_import_command
+
+    add_import_command(commands)
     return parser
+
+
+def _days(value: str) -> float:
+    """``--authorization-max-age``: a positive number of days."""
+    try:
+        days = float(value)
+    except ValueError:
+        days = float("nan")
+    if not (0 < days < 100_000):
+        raise argparse.ArgumentTypeError(f"expected a positive number of days, not {value!r}")
+    return days
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -285,7 +328,9 @@ def _store_file_exists(url: str) -> bool:
 async def _manager(args: argparse.Namespace, *, network: bool) -> AsyncIterator[AsyncTokenManager]:
     client_id = args.client_id
     client_secret = os.environ.get("AIOAMZTOKEN_CLIENT_SECRET")
-    if network and not (client_id and client_secret):
+    # Comma-separated during a rotation, newest first (LwA secrets hold no commas).
+    client_secrets = [p.strip() for p in (client_secret or "").split(",") if p.strip()]
+    if network and not (client_id and client_secrets):
         raise CliError(
             "set AIOAMZTOKEN_CLIENT_ID (or --client-id) and AIOAMZTOKEN_CLIENT_SECRET",
             EXIT_USAGE,
@@ -294,12 +339,16 @@ async def _manager(args: argparse.Namespace, *, network: bool) -> AsyncIterator[
     try:
         async with AsyncTokenManager(
             client_id or PLACEHOLDER,
-            client_secret or PLACEHOLDER,
+            client_secrets or PLACEHOLDER,
             store=store,
             region=Region.parse(args.region),
             token_url=args.token_url,
             authorization_base_url=args.consent_url,
             auto_refresh=False,
+            client_auth=args.client_auth,
+            authorization_max_age=(
+                None if args.authorization_max_age is None else args.authorization_max_age * 86400
+            ),
         ) as mgr:
             yield mgr
     finally:
@@ -312,6 +361,11 @@ async def _run(args: argparse.Namespace) -> int:
     command = args.command
     if command == "migrate":
         return await _migrate(args.source, args.target)
+    if command == "import":
+        from ._cli_import import run_import
+
+        async with _manager(args, network=False) as mgr:
+            return await run_import(mgr, args)
     if command == "add":
         refresh_token = _read_secret_from_stdin()
         async with _manager(args, network=False) as mgr:
@@ -383,6 +437,8 @@ async def _accounts(mgr: AsyncTokenManager, *, as_json: bool) -> int:
                 "state": s.state.value,
                 "expires_at": s.expires_at,
                 "expires_in": None if s.expires_in is None else round(s.expires_in, 1),
+                "authorized_at": s.authorized_at,
+                "reauth_due_at": s.reauth_due_at,
             }
             for s in rows
         ]
@@ -392,11 +448,22 @@ async def _accounts(mgr: AsyncTokenManager, *, as_json: bool) -> int:
         print("no accounts", file=sys.stderr)
         return EXIT_OK
     width = max(len("ACCOUNT"), *(len(s.account_id) for s in rows))
-    print(f"{'ACCOUNT':<{width}}  {'STATE':<13}  EXPIRES IN")
+    notes = {s.account_id: _reauth_note(s.reauth_due_at) for s in rows}
+    header = f"{'ACCOUNT':<{width}}  {'STATE':<13}  EXPIRES IN"
+    print(f"{header}  NOTE" if any(notes.values()) else header)
     for s in rows:
         state = "needs re-auth" if s.state is AccountState.NEEDS_REAUTH else s.state.value
-        print(f"{s.account_id:<{width}}  {state:<13}  {_duration(s.expires_in)}")
+        line = f"{s.account_id:<{width}}  {state:<13}  {_duration(s.expires_in)}"
+        print(f"{line:<{width + 27}}  {notes[s.account_id]}" if notes[s.account_id] else line)
     return EXIT_OK
+
+
+def _reauth_note(due: float | None, warning: float = 30 * 86400) -> str:
+    """"re-authorize by <date>" once the date is within ``warning`` seconds, else ""."""
+    if due is None or due - time.time() > warning:
+        return ""
+    date = time.strftime("%Y-%m-%d", time.gmtime(due))
+    return f"re-authorize by {date}" + (" (overdue)" if due <= time.time() else "")
 
 
 async def _refresh_all(mgr: AsyncTokenManager, out: TextIO | None = None) -> int:
