@@ -21,6 +21,8 @@ _REDACTED = "[redacted]"
 _PATTERNS: tuple[re.Pattern[str], ...] = (
     re.compile(r"Atz[a-zA-Z](?:\||%7[cC])[^\s\"',;&}]+"),
     re.compile(r"(?i)(bearer\s+)[^\s\"',;]+"),
+    # HTTP Basic client authentication: base64 of "client_id:client_secret".
+    re.compile(r"((?i:basic)\s+)(?=\S*[A-Z])(?=\S*[a-z0-9])[A-Za-z0-9+/]{20,}={0,2}"),
     re.compile(
         r"(?i)((?:access_token|refresh_token|client_secret|code_verifier|"
         r"authorization)[\"']?\s*[=:]\s*[\"']?)[^\s\"',;&}]+"

@@ -1050,7 +1050,6 @@ class AsyncTokenManager:
                     AccountStatus(account_id, AccountState.NEEDS_REAUTH, None, refreshing), stored
                 )
             token, last_error = stored, None
-            self._watch_reauth(account_id, stored)
             buffer, margin = self._pacing(stored)
             due_at = stored.expires_at - buffer
             usable_until = stored.expires_at - margin
@@ -1062,6 +1061,7 @@ class AsyncTokenManager:
         else:
             state = AccountState.FRESH
         expires_at = token.expires_at if token.access_token else None
+        self._watch_reauth(account_id, token)  # time passes: the date may be near now
         return self._with_authorization(
             AccountStatus(account_id, state, expires_at, refreshing, last_error), token
         )

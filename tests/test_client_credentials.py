@@ -17,8 +17,9 @@ from aioamztoken import (
     BlockingTokenManager,
     InvalidClientError,
     MemoryTokenStore,
+    RedactingFilter,
 )
-from aioamztoken._http import ClientSecrets
+from aioamztoken._http import ClientSecrets, RetryPolicy, TokenEndpoint
 from aioamztoken._lwa import basic_authorization, code_request, refresh_request
 from aioamztoken.testing import AmazonEmulator
 
@@ -344,3 +345,33 @@ def test_the_emulator_refuses_unknown_client_auth_methods() -> None:
         AmazonEmulator(client_auth_methods=["digest"])
     with pytest.raises(ValueError, match="client_auth_methods"):
         AmazonEmulator(client_auth_methods=[])
+
+
+def test_the_redacting_filter_masks_basic_credentials_but_not_prose() -> None:
+    header = basic_authorization("amzn1.application-oa2-client.abc", "amzn1.oa2-cs.v1.dead")
+    record = logging.LogRecord("x", logging.INFO, __file__, 1, "sent %s", (header,), None)
+    RedactingFilter().filter(record)
+    assert header.split()[1] not in record.getMessage()
+    assert "Basic [redacted]" in record.getMessage()
+    prose = "HTTP Basic Authentication is what the server wants"
+    record = logging.LogRecord("x", logging.INFO, __file__, 1, prose, None, None)
+    RedactingFilter().filter(record)
+    assert record.getMessage() == prose
+
+
+async def test_a_token_endpoint_without_a_secret_list_sends_the_request_as_built(
+    emulator: AmazonEmulator,
+) -> None:
+    endpoint = TokenEndpoint(session=None, max_concurrent=1, policy=RetryPolicy())
+    try:
+        request = refresh_request(
+            emulator.token_url,
+            emulator.client_id,
+            emulator.client_secret,
+            emulator.issue_refresh_token("acme"),
+        )
+        token, attempts = await endpoint.request(request, account_id="acme")
+    finally:
+        await endpoint.aclose()
+    assert token.access_token
+    assert attempts == 1
