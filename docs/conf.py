@@ -38,6 +38,7 @@ nitpick_ignore_regex = [
     ("py:.*", rf"({_EXTERNAL})(\..+)?"),
     # Type aliases in signatures (spelled out in the docstrings), and keyring's backend type.
     ("py:class", r"Origins|OnRefresh|OnRefreshError|OnReauthRequired|KeyringBackend"),
+    ("py:class", r"OnReauthDue|ClientAuth"),
 ]
 
 html_theme = "furo"
