@@ -194,8 +194,8 @@ class AsyncTokenManager:
     ``authorization_max_age`` (seconds, default ``None``: unknown) is how long a grant
     lasts before the account must be authorized again (365 days for public SP-API
     apps). Once an account is within ``reauth_warning`` (default 30 days) of that date,
-    ``on_reauth_due(account_id, reauth_due_at)`` runs once, in a task of its own, and a
-    warning is logged; :meth:`status` reports ``authorized_at`` and ``reauth_due_at``.
+    ``on_reauth_due(account_id, reauth_due_at)`` runs once, in a task of its own, and an
+    audit line is logged; :meth:`status` reports ``authorized_at`` and ``reauth_due_at``.
     """
 
     def __init__(
@@ -1076,10 +1076,10 @@ class AsyncTokenManager:
         due = self._reauth.due_to_warn(account_id, token)
         if due is None or self._closed or self._loop is None:
             return
-        logger.warning(
-            "account %r must be re-authorized by %s (its authorization is %.0f days old)",
+        audit_logger.info(
+            "reauth-due account=%r due=%s age_days=%.0f: must be re-authorized by then",
             account_id,
-            time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(due)),
+            time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(due)),
             (_time() - (token.authorized_at or 0.0)) / 86400,
         )
         if self.on_reauth_due is not None:

@@ -244,6 +244,7 @@ async def test_status_without_a_known_date_has_no_due_date(emulator: AmazonEmula
 async def test_on_reauth_due_runs_exactly_once_per_account(
     emulator: AmazonEmulator, kind: str, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.INFO, logger="aioamztoken")
     calls: list[tuple[str, float]] = []
 
     def sync_hook(account_id: str, due: float) -> None:
@@ -270,9 +271,11 @@ async def test_on_reauth_due_runs_exactly_once_per_account(
         await wait_for(lambda: calls)
         await asyncio.sleep(0.1)  # room for a second call, which must not come
         assert calls == [("old", granted + YEAR)]
-    warnings = [r for r in caplog.records if "re-authorized by" in r.getMessage()]
-    assert len(warnings) == 1
-    assert warnings[0].levelno == logging.WARNING
+    lines = [r for r in caplog.records if "reauth-due" in r.getMessage()]
+    assert len(lines) == 1
+    assert lines[0].levelno == logging.INFO
+    assert lines[0].name == "aioamztoken.audit"
+    assert "account='old'" in lines[0].getMessage()
     # Another manager (another process) tells its own hook once too.
     async with manager(
         emulator, store, authorization_max_age=YEAR, on_reauth_due=sync_hook

@@ -375,3 +375,18 @@ async def test_a_token_endpoint_without_a_secret_list_sends_the_request_as_built
         await endpoint.aclose()
     assert token.access_token
     assert attempts == 1
+
+
+async def test_the_emulator_takes_several_secrets_as_client_secret_too() -> None:
+    async with AmazonEmulator(client_secret=[NEW, OLD]) as amazon:
+        assert amazon.client_secret == NEW
+        for secret in (OLD, NEW):
+            async with manager(amazon, secret) as mgr:
+                await mgr.add_account("acme", amazon.issue_refresh_token("acme"))
+                await mgr.refresh("acme")
+        amazon.client_secrets = [NEW]
+        async with manager(amazon, OLD) as mgr:
+            await mgr.add_account("acme", amazon.issue_refresh_token("acme"))
+            with pytest.raises(InvalidClientError):
+                await mgr.refresh("acme")
+    assert [r.status for r in amazon.token_log] == [200, 200, 401]

@@ -180,6 +180,7 @@ class AmazonEmulator:
       application credentials the token endpoint and the Ads API accept.
     - ``client_secrets=None``: the secrets the token endpoint accepts, when several are
       (a rotation); ``None`` means ``[client_secret]``. Others answer ``401 invalid_client``.
+      (``client_secret`` may also be a list: all of them are accepted.)
     - ``client_auth_methods=("post", "basic")``: how a client may authenticate, with the
       credentials in the form and/or in an ``Authorization: Basic`` header. A request
       using both at once answers ``400 invalid_request`` (RFC 6749 section 2.3.1).
@@ -224,7 +225,7 @@ class AmazonEmulator:
         self,
         *,
         client_id: str = "emu-client-id",
-        client_secret: str = "emu-client-secret",  # noqa: S107 (a well-known fake)
+        client_secret: str | Collection[str] = "emu-client-secret",  # noqa: S107 (a fake)
         token_lifetime: float = 3600.0,
         expires_in_as_string: bool = False,
         rotate_refresh_tokens: bool = False,
@@ -233,6 +234,9 @@ class AmazonEmulator:
         client_secrets: Collection[str] | None = None,
         client_auth_methods: Collection[str] = ("post", "basic"),
     ) -> None:
+        if not isinstance(client_secret, str):  # several: all accepted, the first is "the" one
+            client_secrets = [*client_secret, *(client_secrets or ())]
+            client_secret = client_secrets[0]
         self.client_id = client_id
         self.client_secret = client_secret
         self.client_secrets: list[str] | None = (
