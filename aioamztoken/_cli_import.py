@@ -49,6 +49,8 @@ TOOLS: dict[str, tuple[str, str, str]] = {
     SP_API: ("python-amazon-sp-api", "python-sp-api", "lwa_app_id"),
 }
 CREDENTIALS_FILE = "credentials.yml"
+#: A credentials.yml larger than this is refused unread (a bound on what is parsed).
+MAX_FILE_SIZE = 1024 * 1024
 _EXIT_OK, _EXIT_FAILURE, _EXIT_USAGE = 0, 1, 2
 
 
@@ -121,9 +123,15 @@ def _load_yaml(path: Path) -> Any:
             f"{path} is YAML, and PyYAML is not installed: pip install 'aioamztoken[import]'"
         ) from None
     try:
-        data = path.read_bytes()
+        with path.open("rb") as file:
+            data = file.read(MAX_FILE_SIZE + 1)
     except OSError as exc:
         raise ImportProblem(f"cannot read {path}: {exc.strerror or type(exc).__name__}") from None
+    if len(data) > MAX_FILE_SIZE:
+        raise ImportProblem(
+            f"{path} is larger than {MAX_FILE_SIZE // 1024} KiB: not a credentials file; "
+            "nothing was imported"
+        )
     try:
         return yaml.safe_load(data)
     except yaml.YAMLError as exc:

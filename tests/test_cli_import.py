@@ -385,3 +385,19 @@ def test_confuse_directories_per_platform(tmp_path: Path) -> None:
         home / "Library" / "Application Support",
     ]
     assert len(confuse_dirs(env, "Windows")) == 2
+
+
+async def test_an_oversized_or_unreadable_file_is_refused(setup: Setup, tmp_path: Path) -> None:
+    big = write(tmp_path / "big" / "credentials.yml", "# padding\n" * 120_000)
+    done = await run(setup, "import", "sp-api", "--file", str(big))
+    assert done.status == 2
+    assert "larger than 1024 KiB" in done.stderr
+    folder = tmp_path / "folder.yml"
+    folder.mkdir()
+    done = await run(setup, "import", "sp-api", "--file", str(folder))
+    assert done.status == 2
+    assert "not a file" in done.stderr
+    write(setup.home / ".config" / "python-sp-api" / "credentials.yml", "")
+    done = await run(setup, "import", "sp-api")
+    assert done.status == 2
+    assert "found no refresh token of python-amazon-sp-api" in done.stderr
