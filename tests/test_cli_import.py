@@ -5,6 +5,7 @@ environment variables), imported into a store, with secrets never printed."""
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -44,8 +45,11 @@ class Setup:
 def setup(tmp_path: Path, emulator: AmazonEmulator) -> Setup:
     home = tmp_path / "home"
     home.mkdir()
-    env = {
-        "PATH": "/usr/bin:/bin",
+    # The environment of this process (coverage's variables included), less whatever the
+    # tools or aioamztoken would read from it.
+    tool_variables = ("AIOAMZTOKEN_", "AD_API_", "SP_API_", "LWA_", "XDG_CONFIG", "PYTHON-")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(tool_variables)}
+    env |= {
         "HOME": str(home),
         "PYTHONUNBUFFERED": "1",
         "AIOAMZTOKEN_CLIENT_ID": emulator.client_id,
