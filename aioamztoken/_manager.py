@@ -194,8 +194,8 @@ class AsyncTokenManager:
     ``authorization_max_age`` (seconds, default ``None``: unknown) is how long a grant
     lasts before the account must be authorized again (365 days for public SP-API
     apps). Once an account is within ``reauth_warning`` (default 30 days) of that date,
-    ``on_reauth_due(account_id, reauth_due_at)`` runs once, in a task of its own, and an
-    audit line is logged; :meth:`status` reports ``authorized_at`` and ``reauth_due_at``.
+    ``on_reauth_due(account_id, reauth_due_at)`` runs once (a coroutine function in a task
+    of its own) and an audit line is logged; :meth:`status` reports ``authorized_at`` and ``reauth_due_at``.
     """
 
     def __init__(
@@ -999,7 +999,9 @@ class AsyncTokenManager:
         async with self._store_lock(account_id):
             await self._save(account_id, token)
         self._replace(account_id)
-        self._watch_reauth(account_id, token)
+        pending = self._watch_reauth(account_id, token)
+        if pending is not None:
+            await asyncio.wait([pending])
         audit_logger.info("add-account account=%r outcome=ok", account_id)
 
     async def remove_account(self, account_id: str) -> None:
@@ -1061,7 +1063,9 @@ class AsyncTokenManager:
         else:
             state = AccountState.FRESH
         expires_at = token.expires_at if token.access_token else None
-        self._watch_reauth(account_id, token)  # time passes: the date may be near now
+        pending = self._watch_reauth(account_id, token)  # time passes: the date may be near
+        if pending is not None:
+            await asyncio.wait([pending])
         return self._with_authorization(
             AccountStatus(account_id, state, expires_at, refreshing, last_error), token
         )
@@ -1071,22 +1075,49 @@ class AsyncTokenManager:
             status, authorized_at=token.authorized_at, reauth_due_at=self._reauth.due_at(token)
         )
 
-    def _watch_reauth(self, account_id: str, token: Token) -> None:
-        """Run ``on_reauth_due`` (in a task) the first time ``token``'s grant is near its end."""
+    def _watch_reauth(self, account_id: str, token: Token) -> asyncio.Task[Any] | None:
+        """Run ``on_reauth_due`` the first time ``token``'s grant is near its end.
+
+        A plain function runs here and now; a coroutine function runs in a task of its
+        own, returned so that a caller outside a refresh may wait for it (a refresh must
+        not: the hook may use the account being refreshed).
+        """
         due = self._reauth.due_to_warn(account_id, token)
         if due is None or self._closed or self._loop is None:
-            return
+            return None
         audit_logger.info(
             "reauth-due account=%r due=%s age_days=%.0f: must be re-authorized by then",
             account_id,
             time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(due)),
             (_time() - (token.authorized_at or 0.0)) / 86400,
         )
-        if self.on_reauth_due is not None:
-            self._track(
-                self._hook("on_reauth_due", self.on_reauth_due, account_id, due),
-                must_finish=False,
-            )
+        hook = self.on_reauth_due
+        if hook is None:
+            return None
+        try:
+            result = hook(account_id, due)
+        except Exception as exc:
+            self._hook_failed("on_reauth_due", exc, account_id)
+            return None
+        if not inspect.isawaitable(result):
+            return None
+        awaitable = result
+
+        async def finish() -> None:
+            try:
+                await awaitable
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self._hook_failed("on_reauth_due", exc, account_id)
+
+        return self._track(finish(), must_finish=False)
+
+    @staticmethod
+    def _hook_failed(name: str, exc: Exception, account_id: str) -> None:
+        logger.error(
+            "%s hook raised %s for account %r; ignored", name, type(exc).__name__, account_id
+        )
 
     # ------------------------------------------------------------------ aiohttp integration
 

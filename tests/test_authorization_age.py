@@ -261,6 +261,7 @@ async def test_on_reauth_due_runs_exactly_once_per_account(
         emulator, store, authorization_max_age=YEAR, reauth_warning=30 * DAY, on_reauth_due=hook
     ) as mgr:
         await mgr.add_account("old", emulator.issue_refresh_token("old"), authorized_at=granted)
+        assert calls == [("old", granted + YEAR)]  # ran before add_account returned
         await mgr.add_account("new", emulator.issue_refresh_token("new"))
         for _ in range(3):
             await mgr.refresh("old")
@@ -281,9 +282,9 @@ async def test_on_reauth_due_runs_exactly_once_per_account(
         emulator, store, authorization_max_age=YEAR, on_reauth_due=sync_hook
     ) as other:
         await other.status("old")
+        assert len(calls) == 2  # ran before status() returned
         await other.status("old")
-        await wait_for(lambda: len(calls) == 2)
-    assert calls[1] == ("old", granted + YEAR)
+    assert calls[1:] == [("old", granted + YEAR)]
 
 
 async def test_on_reauth_due_is_not_called_outside_the_warning_or_without_a_max_age(
@@ -325,11 +326,17 @@ async def test_a_reauthorization_can_be_warned_about_again(emulator: AmazonEmula
     assert calls == [first + YEAR, second + YEAR]
 
 
+@pytest.mark.parametrize("kind", ["sync", "async"])
 async def test_a_raising_on_reauth_due_hook_is_logged_and_ignored(
-    emulator: AmazonEmulator, caplog: pytest.LogCaptureFixture
+    emulator: AmazonEmulator, caplog: pytest.LogCaptureFixture, kind: str
 ) -> None:
-    def hook(account_id: str, due: float) -> None:
+    def sync_hook(account_id: str, due: float) -> None:
         raise RuntimeError("boom")
+
+    async def async_hook(account_id: str, due: float) -> None:
+        raise RuntimeError("boom")
+
+    hook = sync_hook if kind == "sync" else async_hook
 
     async with manager(
         emulator, MemoryTokenStore(), authorization_max_age=YEAR, on_reauth_due=hook
@@ -376,3 +383,38 @@ async def wait_for(condition: Callable[[], object], timeout: float = 10.0) -> No
     while not condition():
         assert time.monotonic() < deadline, "condition not met in time"
         await asyncio.sleep(0.01)
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+async def test_a_refresh_tells_the_hook_of_an_account_it_finds_near_its_date(
+    emulator: AmazonEmulator, kind: str
+) -> None:
+    """The account was stored by another process: the first refresh here finds it due.
+    An async hook may use the manager for that very account without a deadlock."""
+    granted = time.time() - 350 * DAY
+    store = MemoryTokenStore()
+    await store.save(
+        "acme", Token("", emulator.issue_refresh_token("acme"), 0.0, authorized_at=granted)
+    )
+    seen: list[tuple[str, float, str]] = []
+
+    def sync_hook(account_id: str, due: float) -> None:
+        seen.append((account_id, due, "sync"))
+
+    async def async_hook(account_id: str, due: float) -> None:
+        await mgr.refresh(account_id)  # the refresh that found it has ended by now
+        seen.append((account_id, due, "async"))
+
+    async with manager(
+        emulator,
+        store,
+        authorization_max_age=YEAR,
+        on_reauth_due=sync_hook if kind == "sync" else async_hook,
+    ) as mgr:
+        assert await mgr.get_access_token("acme")
+        if kind == "sync":
+            assert seen == [("acme", granted + YEAR, "sync")]
+        await wait_for(lambda: seen)
+        await mgr.refresh("acme")
+        await asyncio.sleep(0.05)
+    assert seen == [("acme", granted + YEAR, kind)]
