@@ -195,7 +195,8 @@ class AsyncTokenManager:
     lasts before the account must be authorized again (365 days for public SP-API
     apps). Once an account is within ``reauth_warning`` (default 30 days) of that date,
     ``on_reauth_due(account_id, reauth_due_at)`` runs once (a coroutine function in a task
-    of its own) and an audit line is logged; :meth:`status` reports ``authorized_at`` and ``reauth_due_at``.
+    of its own) and an audit line is logged; :meth:`status` reports ``authorized_at`` and
+    ``reauth_due_at``.
     """
 
     def __init__(
