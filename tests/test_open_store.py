@@ -262,9 +262,9 @@ def test_keyring_urls_name_the_service(url: str, service: str) -> None:
 
 
 async def test_a_keyring_url_store_works(backend: PlaintextKeyring) -> None:
-    store = open_store("keyring://my-app")
+    store = open_store("keyring://my-app?allow_insecure_backend=1")  # a plaintext file here
     await store.save("acct", token(1))
-    assert await KeyringTokenStore("my-app").load("acct") == token(1)
+    assert await KeyringTokenStore("my-app", allow_insecure_backend=True).load("acct") == token(1)
 
 
 @pytest.fixture
@@ -455,11 +455,11 @@ async def test_migrate_between_urls_from_a_file_to_the_keyring_and_back_encrypte
     monkeypatch.setenv("AIOAMZTOKEN_KEY", KEY)
     tokens = await fill(open_store(f"file://{tmp_path}/t.json"), 4)
     to_keyring = await migrate(
-        open_store(f"file://{tmp_path}/t.json"), open_store("keyring://migrated")
+        open_store(f"file://{tmp_path}/t.json"), open_store("keyring://migrated?allow_insecure_backend=1")
     )
     assert to_keyring.copied == tuple(sorted(tokens))
     to_encrypted = await migrate(
-        open_store("keyring://migrated"), open_store(f"encrypted-file://{tmp_path}/t.enc")
+        open_store("keyring://migrated?allow_insecure_backend=1"), open_store(f"encrypted-file://{tmp_path}/t.enc")
     )
     assert to_encrypted.copied == tuple(sorted(tokens))
     encrypted = EncryptedFileTokenStore(tmp_path / "t.enc", key=KEY)

@@ -126,19 +126,25 @@ def _dump(document: dict[str, Any]) -> bytes:
 
 
 def _load_document(data: bytes, location: str, members: set[str]) -> dict[str, Any]:
+    # Each error is raised outside the except block: json's errors hold the whole text
+    # (JSONDecodeError.doc), and a __context__ would carry it to any error reporter.
     if not data.strip():
         raise corrupt(location, "is empty")
+    problem: str | None = None
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        raise corrupt(location, f"is not UTF-8 text (bad byte at offset {exc.start})") from None
+        problem = f"is not UTF-8 text (bad byte at offset {exc.start})"
+    if problem is not None:
+        raise corrupt(location, problem)
     try:
         document = json.loads(text)
     except json.JSONDecodeError as exc:
         problem = f"is not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno})"
-        raise corrupt(location, problem) from None
     except (ValueError, RecursionError):  # an integer too long to parse, nesting too deep
-        raise corrupt(location, "is not JSON that can be read") from None
+        problem = "is not JSON that can be read"
+    if problem is not None:
+        raise corrupt(location, problem)
     if not isinstance(document, dict):
         raise corrupt(location, "does not hold a JSON object")
     if document.get("format") != FORMAT:
@@ -155,7 +161,8 @@ def _account_id(value: Any, location: str, where: str) -> str:
     try:
         return validate_account_id(value)
     except (TypeError, ValueError):
-        raise corrupt(location, f"has an invalid account id at {where}") from None
+        pass
+    raise corrupt(location, f"has an invalid account id at {where}")
 
 
 def _token(record: Any, location: str, where: str) -> Token:
@@ -163,7 +170,8 @@ def _token(record: Any, location: str, where: str) -> Token:
         return Token.from_dict(record)
     except (ValueError, TypeError, OverflowError) as exc:
         # from_dict's messages name the faulty field, never its value.
-        raise corrupt(location, f"has an invalid token record at {where} ({exc})") from None
+        problem = f"has an invalid token record at {where} ({exc})"
+    raise corrupt(location, problem)
 
 
 # ---------------------------------------------------------------------------- file names
