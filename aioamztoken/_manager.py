@@ -29,7 +29,7 @@ from ._http import RetryPolicy, TokenEndpoint
 from ._logging import audit_logger, logger
 from ._lwa import DEFAULT_SCOPE, authorization_url, code_request, refresh_request
 from ._models import AccountState, AccountStatus, Region, Token
-from .stores._base import validate_account_id
+from .stores._base import check_store, validate_account_id
 
 if TYPE_CHECKING:
     from ._middleware import AdsApiMiddleware
@@ -203,7 +203,7 @@ class AsyncTokenManager:
             raise ValueError("refresh_buffer must not be negative")
         self.client_id = client_id
         self._client_secret = client_secret
-        self.store = store
+        self.store = check_store(store)
         self.region = Region.parse(region)
         self.token_url = token_url or self.region.token_url
         _check_token_url(self.token_url)
