@@ -14,6 +14,7 @@ from typing import Any, TypeVar, overload
 from .._errors import StorageError
 from .._models import Token
 from ._base import validate_account_id
+from ._trust import announce_too_open
 
 __all__ = [
     "FORMAT",
@@ -80,6 +81,7 @@ def decode_file(data: bytes, location: str) -> dict[str, Token]:
     for number, (account_id, record) in enumerate(records.items(), 1):
         where = f'account #{number} of "accounts"'
         accounts[_account_id(account_id, location, where)] = _token(record, location, where)
+    announce_too_open(location)  # only now: a file that is not ours is an error, not this
     return accounts
 
 
@@ -92,7 +94,9 @@ def decode_account(data: bytes, location: str) -> tuple[str, Token]:
     """The account id and token of an :func:`encode_account` document."""
     document = _load_document(data, location, {"format", "account_id", "token"})
     account_id = _account_id(document["account_id"], location, '"account_id"')
-    return account_id, _token(document["token"], location, '"token"')
+    token = _token(document["token"], location, '"token"')
+    announce_too_open(location)
+    return account_id, token
 
 
 def encode_index(account_ids: Iterable[str]) -> bytes:

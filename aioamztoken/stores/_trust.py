@@ -17,10 +17,18 @@ from pathlib import Path
 from .._errors import StorageError
 from .._logging import logger
 
-__all__ = ["check_lock_dir", "check_owned", "needs_tightening", "open_lock_fd"]
+__all__ = [
+    "announce_too_open",
+    "check_lock_dir",
+    "check_owned",
+    "needs_tightening",
+    "open_lock_fd",
+]
 
 _too_open: set[str] = set()  # token files found readable by others, until rewritten
 _too_open_lock = threading.Lock()
+_pending: dict[str, int] = {}  # their modes, until the warning is logged
+_MAX_PENDING = 10_000
 
 
 def _refuse(path: Path, problem: str) -> StorageError:
@@ -34,22 +42,30 @@ def _refuse(path: Path, problem: str) -> StorageError:
 def check_owned(fd: int, path: Path, *, token_file: bool = False) -> None:
     """Raise StorageError unless the open file ``fd`` (at ``path``) is this user's.
 
-    For a ``token_file`` readable by its group or others, log a warning once and note it,
-    so that the next save rewrites it with mode 0600 (:func:`needs_tightening`).
+    A ``token_file`` readable by its group or others is noted: once its contents have been
+    read as tokens, :func:`announce_too_open` logs a warning (once), and the next save
+    rewrites it with mode 0600 (:func:`needs_tightening`).
     """
     info = os.fstat(fd)
     _check_uid(info, path)
     if token_file and stat.S_ISREG(info.st_mode) and info.st_mode & 0o077:
         with _too_open_lock:
-            first = str(path) not in _too_open
+            if str(path) not in _too_open and len(_pending) < _MAX_PENDING:
+                _pending[str(path)] = stat.S_IMODE(info.st_mode)
             _too_open.add(str(path))
-        if first:
-            logger.warning(
-                "%s has mode %o: others may read the tokens in it. It is used, and the next "
-                "save rewrites it with mode 600",
-                path,
-                stat.S_IMODE(info.st_mode),
-            )
+
+
+def announce_too_open(location: str) -> None:
+    """Log, once, that the token file ``location`` just read is readable by others."""
+    with _too_open_lock:
+        mode = _pending.pop(location, None)
+    if mode is not None:
+        logger.warning(
+            "%s has mode %o: others may read the tokens in it. It is used, and the next "
+            "save rewrites it with mode 600",
+            location,
+            mode,
+        )
 
 
 def needs_tightening(path: Path) -> bool:

@@ -184,7 +184,8 @@ class AmazonEmulator:
     - ``expires_in_as_string=False``: send ``"expires_in": "3600"`` as Amazon sometimes does.
     - ``rotate_refresh_tokens=False``: every refresh returns a new refresh token and the
       old one answers ``invalid_grant`` from then on.
-    - ``host="127.0.0.1"``: the interface to listen on (the port is always a free one).
+    - ``host="127.0.0.1"``: the interface to listen on; ``port=0``: the port of
+      :attr:`base_url` (0, the default, picks a free one; the download origin always does).
     - ``seed=0``: seeds :attr:`rng`, so ``failure_rate`` and latency ranges are reproducible.
 
     All these, and the attributes below, may be changed while the emulator runs.
@@ -226,6 +227,7 @@ class AmazonEmulator:
         rotate_refresh_tokens: bool = False,
         host: str = "127.0.0.1",
         seed: int = 0,
+        port: int = 0,
     ) -> None:
         self.client_id = client_id
         self.client_secret = client_secret
@@ -233,6 +235,7 @@ class AmazonEmulator:
         self.expires_in_as_string = expires_in_as_string
         self.rotate_refresh_tokens = rotate_refresh_tokens
         self.host = host
+        self.port = port  # of base_url; 0 picks a free one (the download origin always does)
 
         self.rng = random.Random(seed)
         """Decides which requests :attr:`failure_rate` fails. Replace it to reseed."""
@@ -293,7 +296,7 @@ class AmazonEmulator:
             raise RuntimeError("the emulator is already running")
         self._closing = asyncio.Event()
         try:
-            self._base_url = await self._serve(self._build_app())
+            self._base_url = await self._serve(self._build_app(), self.port)
             # Report files live on an origin of their own, like S3: it must never see
             # a bearer token.
             self._download_url = await self._serve(self._build_download_app())
@@ -342,11 +345,11 @@ class AmazonEmulator:
         finally:
             thread.stop()
 
-    async def _serve(self, app: web.Application) -> str:
+    async def _serve(self, app: web.Application, port: int = 0) -> str:
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=_SHUTDOWN_TIMEOUT)
         await runner.setup()
         self._runners.append(runner)
-        await web.TCPSite(runner, self.host, 0).start()
+        await web.TCPSite(runner, self.host, port).start()
         host, port = runner.addresses[0][:2]
         return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
