@@ -21,7 +21,6 @@ import keyring.backends.chainer
 import keyring.backends.fail
 import pytest
 from keyring.backend import KeyringBackend
-from keyrings.alt.file import PlaintextKeyring
 
 import aioamztoken as at
 from aioamztoken import RedactingFilter
@@ -478,8 +477,12 @@ class _GoodKeyring(_LowPriorityKeyring):
     priority = 5  # type: ignore[assignment]
 
 
-def plaintext(path: Path) -> PlaintextKeyring:
-    backend = PlaintextKeyring()
+def plaintext(path: Path) -> KeyringBackend:
+    """keyrings.alt's plaintext file keyring (the insecure-test-keyring extra) at ``path``."""
+    module = pytest.importorskip(
+        "keyrings.alt.file", reason="needs the insecure-test-keyring extra (keyrings.alt)"
+    )
+    backend = module.PlaintextKeyring()
     backend.file_path = str(path)
     return backend
 
@@ -502,7 +505,7 @@ async def test_keyring_store_refuses_insecure_backends_on_first_use(
             await attempt
         assert named in str(caught.value)
         assert "allow_insecure_backend=True" in str(caught.value)
-    if isinstance(backend, PlaintextKeyring):
+    if type(backend).__name__ == "PlaintextKeyring":
         assert not (tmp_path / "k.cfg").exists()  # nothing was written
     if isinstance(backend, _LowPriorityKeyring):
         assert backend.entries == {}

@@ -21,7 +21,6 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from keyring.backend import KeyringBackend
-from keyrings.alt.file import PlaintextKeyring
 
 import aioamztoken as at
 from aioamztoken import AsyncTokenManager, StorageError, Token
@@ -30,6 +29,11 @@ from aioamztoken.stores import KeyringTokenStore, LockingTokenStore
 from aioamztoken.stores._codec import encode_account, encode_index, lock_name
 from aioamztoken.testing import AmazonEmulator
 from tests.test_store_processes import child, expect, tell, token_for
+
+# keyrings.alt comes with the insecure-test-keyring extra (never with "test"): see pyproject.
+PlaintextKeyring = pytest.importorskip(
+    "keyrings.alt.file", reason="needs the insecure-test-keyring extra (keyrings.alt)"
+).PlaintextKeyring
 
 ACCESS = "Atza|SECRET-ACCESS-VALUE"
 REFRESH = "Atzr|SECRET-REFRESH-VALUE"

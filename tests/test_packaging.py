@@ -63,6 +63,15 @@ def test_every_runtime_dependency_is_imported() -> None:
     )
 
 
+def test_the_test_extra_brings_no_plaintext_keyring() -> None:
+    # keyrings.alt would become the keyring of every program in the environment where no
+    # real one is found: it is installed only when asked for by name.
+    extras = PYPROJECT["project"]["optional-dependencies"]
+    for name in ("test", "all", "keyring"):
+        assert not any(r.startswith("keyrings.alt") for r in extras[name]), name
+    assert any(r.startswith("keyrings.alt") for r in extras["insecure-test-keyring"])
+
+
 @pytest.mark.slow
 def test_the_build_warns_of_nothing_and_the_sdist_ships_no_half_test_suite(
     tmp_path: Path,
