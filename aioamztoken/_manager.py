@@ -29,6 +29,7 @@ from ._http import RetryPolicy, TokenEndpoint
 from ._logging import audit_logger, logger
 from ._lwa import DEFAULT_SCOPE, authorization_url, code_request, refresh_request
 from ._models import AccountState, AccountStatus, Region, Token
+from ._scrub import raise_without_context, scrubbed
 from .stores._base import check_store, validate_account_id
 
 if TYPE_CHECKING:
@@ -652,9 +653,12 @@ class AsyncTokenManager:
         except AmzTokenError:
             raise
         except Exception as exc:
-            raise StorageError(
+            # A store's error may hold what it was given (a token): only its type is kept.
+            error = StorageError(
                 f"store failed to {action}: {type(exc).__name__}", location=repr(self.store)
-            ) from exc
+            )
+            error.__cause__ = scrubbed(exc, text=False)
+            raise_without_context(error)
 
     async def _load(self, account_id: str) -> Token | None:
         with self._store_errors(f"load account {account_id!r}"):

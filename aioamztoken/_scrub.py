@@ -10,10 +10,11 @@ theirs, with a :class:`ScrubbedError` as the cause.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import NoReturn
 
 from ._logging import redact
 
-__all__ = ["ScrubbedError", "scrubbed"]
+__all__ = ["ScrubbedError", "raise_without_context", "scrubbed"]
 
 _MAX_MESSAGE = 200
 
@@ -50,3 +51,13 @@ def scrubbed(
         if len(detail) > _MAX_MESSAGE:
             detail = detail[: _MAX_MESSAGE - 1] + "…"
     return ScrubbedError(type_name, f"{type_name}: {detail}" if detail else type_name)
+
+
+def raise_without_context(error: BaseException) -> NoReturn:
+    """Raise ``error`` with no ``__context__``, even from an ``except`` block or a context
+    manager's exit (where the interpreter would link the error being handled)."""
+    try:
+        raise error
+    except BaseException as raised:
+        raised.__context__ = None
+        raise

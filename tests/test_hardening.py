@@ -236,6 +236,29 @@ async def test_keyring_backend_errors_carry_no_token(tmp_path: Path) -> None:
     assert "RuntimeError" in str(caught.value)
 
 
+class _TalkativeStore(at.MemoryTokenStore):
+    """A user-written store whose errors quote the token it was handling, as some do."""
+
+    async def load(self, account_id: str) -> at.Token | None:
+        raise RuntimeError(f"backend rejected {PLAIN_REFRESH}")
+
+    async def accounts(self) -> list[str]:
+        raise RuntimeError(f"listing failed near {PLAIN_REFRESH}")
+
+
+async def test_errors_of_a_user_written_store_reach_no_chain() -> None:
+    store = _TalkativeStore()
+    async with at.AsyncTokenManager("id", CLIENT_SECRET, store=store) as mgr:
+        for attempt in (mgr.get_access_token("a"), mgr.accounts()):
+            with pytest.raises(at.StorageError) as caught:
+                await attempt
+            assert_no_secret_in_chain(caught.value, [PLAIN_REFRESH])
+            assert "RuntimeError" in str(caught.value)
+    with pytest.raises(at.StorageError) as listing:
+        await at.stores.migrate(store, at.MemoryTokenStore())
+    assert_no_secret_in_chain(listing.value, [PLAIN_REFRESH])
+
+
 def test_the_chain_helper_finds_a_secret_on_a_hidden_context() -> None:
     """The helper itself: a secret on a suppressed __context__ is found."""
     try:
