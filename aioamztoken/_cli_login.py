@@ -25,6 +25,12 @@ class LoopbackReceiver:
     Any other callback (a wrong or missing ``state``: a stale tab, a forged link) is
     answered 400 and ignored, and the receiver keeps waiting until the real callback or
     the timeout. Nothing read from a request is echoed with its control characters.
+
+    Amazon's side (Login with Amazon, "Authorization Code Grant"): the authorization
+    service sends the browser back to the redirect URI with the ``state`` it was given, on
+    success (``code``) and on refusal (``error``, ``error_description``) alike, and
+    recommends ``state`` as the guard against cross-site request forgery; so a callback
+    without this login's ``state`` cannot be Amazon's answer to it.
     """
 
     def __init__(self, redirect_uri: str, state: str) -> None:

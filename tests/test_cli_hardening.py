@@ -389,6 +389,25 @@ async def test_control_characters_are_escaped_in_ids_and_server_text(
     assert "no\\x1b[31m\\x07 way" in done.stderr
 
 
+async def test_endpoint_text_echoing_secrets_is_redacted_on_stderr(
+    cli: Runner, emulator: AmazonEmulator, cli_env: dict[str, str]
+) -> None:
+    refresh_token = emulator.issue_refresh_token("acct")
+    await cli("add", "acct", stdin=refresh_token)
+    for status in (400, 401):  # refusals: no retry (5xx is covered in test_hardening)
+        echo = f"got {refresh_token} and {emulator.client_secret} and code=ANcodeEchoed123"
+        emulator.fail_next(
+            1,
+            status=status,
+            body=json.dumps({"error": "invalid_request", "error_description": echo}),
+        )
+        done = await cli("token", "acct")
+        assert done.status != 0
+        assert "[redacted]" in done.stderr
+        for secret in (refresh_token, emulator.client_secret, "ANcodeEchoed123"):
+            assert secret not in done.stdout + done.stderr
+
+
 # ------------------------------------------------------------------ the login receiver
 
 
