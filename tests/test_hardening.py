@@ -182,12 +182,15 @@ async def test_endpoint_error_text_echoing_secrets_is_redacted_everywhere(
     assert_no_secret_in(caplog.text, [secret, refresh])
 
 
-async def test_a_code_echoed_by_the_endpoint_is_redacted(emulator: AmazonEmulator) -> None:
+async def test_a_code_and_verifier_echoed_by_the_endpoint_are_redacted(
+    emulator: AmazonEmulator, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="aioamztoken")
     code = "ANcode-of-this-test-aa81"
+    verifier = "verifier-of-this-test-" + "v" * 30
+    echo = f"code {code} used, verifier {verifier}"
     emulator.fail_next(
-        1,
-        status=400,
-        body=json.dumps({"error": "invalid_grant", "error_description": f"code {code} used"}),
+        1, status=400, body=json.dumps({"error": "invalid_grant", "error_description": echo})
     )
     async with at.AsyncTokenManager(
         emulator.client_id,
@@ -196,8 +199,24 @@ async def test_a_code_echoed_by_the_endpoint_is_redacted(emulator: AmazonEmulato
         token_url=emulator.token_url,
     ) as mgr:
         with pytest.raises(at.InvalidGrantError) as caught:
-            await mgr.exchange_code("a", code, redirect_uri="http://127.0.0.1:1/cb")
-    assert_no_secret_in_chain(caught.value, [code, emulator.client_secret])
+            await mgr.exchange_code(
+                "a", code, redirect_uri="http://127.0.0.1:1/cb", code_verifier=verifier
+            )
+    assert_no_secret_in_chain(caught.value, [code, verifier, emulator.client_secret])
+    assert_no_secret_in(caplog.text, [code, verifier, emulator.client_secret])
+    # A dead endpoint during the exchange: aiohttp's error carries nothing either.
+    async with at.AsyncTokenManager(
+        emulator.client_id,
+        emulator.client_secret,
+        store=at.MemoryTokenStore(),
+        token_url=closed_port_url(),
+        max_retries=1,
+    ) as mgr:
+        with pytest.raises(at.TokenEndpointError) as dead:
+            await mgr.exchange_code(
+                "a", code, redirect_uri="http://127.0.0.1:1/cb", code_verifier=verifier
+            )
+    assert_no_secret_in_chain(dead.value, [code, verifier, emulator.client_secret])
 
 
 async def test_redis_errors_carry_no_password() -> None:
