@@ -15,6 +15,7 @@ from ._errors import InvalidClientError, ManagerClosedError, TokenEndpointError,
 from ._logging import audit_logger, http_logger
 from ._lwa import TokenRequest, parse_retry_after, parse_token_response
 from ._models import Token
+from ._scrub import scrubbed
 
 __all__ = ["ClientSecrets", "RetryPolicy", "TokenEndpoint"]
 
@@ -382,6 +383,9 @@ class TokenEndpoint:
             self.in_flight += 1
             started = time.monotonic()
             sent_at = time.time()
+            # aiohttp's errors may hold the request (the form has client_secret): they are
+            # kept only as a scrubbed cause, raised outside the except block below.
+            failure: BaseException | None = None
             try:
                 async with self._session().post(
                     request.url,
@@ -396,37 +400,20 @@ class TokenEndpoint:
                     status = response.status
                     content_type = response.headers.get("Content-Type")
                     retry_after = response.headers.get("Retry-After")
-            except asyncio.TimeoutError:
-                http_logger.debug(
-                    "token request for account %r timed out after %.1f s (attempt %d)",
-                    account_id,
-                    timeout,
-                    attempt,
-                )
-                raise TokenEndpointError(
-                    f"token endpoint did not answer within {timeout:g} s", status=None
-                ) from None
+            except asyncio.TimeoutError as exc:
+                failure = exc
             except RuntimeError as exc:
-                if self._user_session is not None and self._user_session.closed:
-                    raise ManagerClosedError(
-                        "the aiohttp session given to the manager was closed; keep it open "
-                        "until the manager is closed"
-                    ) from exc
-                raise
+                if self._user_session is None or not self._user_session.closed:
+                    raise
+                failure = exc
             except aiohttp.ClientError as exc:
-                http_logger.debug(
-                    "token request for account %r failed: %s (attempt %d)",
-                    account_id,
-                    type(exc).__name__,
-                    attempt,
-                )
-                raise TokenEndpointError(
-                    f"could not reach the token endpoint: {type(exc).__name__}", status=None
-                ) from exc
+                failure = exc
             finally:
                 self.in_flight -= 1
         finally:
             self._slots.release()
+        if failure is not None:
+            raise self._failure(failure, request, account_id, attempt, timeout)
         if status == 429:
             wait = parse_retry_after(retry_after)
             if wait:
@@ -446,4 +433,42 @@ class TokenEndpoint:
             content_type=content_type,
             retry_after=retry_after,
             previous_refresh_token=previous_refresh_token,
+            secrets=request.secrets,
         )
+
+    def _failure(
+        self,
+        exc: BaseException,
+        request: TokenRequest,
+        account_id: str,
+        attempt: int,
+        timeout: float,
+    ) -> Exception:
+        """The error to raise, outside any ``except`` block, for a request that got no answer."""
+        if isinstance(exc, asyncio.TimeoutError):
+            http_logger.debug(
+                "token request for account %r timed out after %.1f s (attempt %d)",
+                account_id,
+                timeout,
+                attempt,
+            )
+            error: Exception = TokenEndpointError(
+                f"token endpoint did not answer within {timeout:g} s", status=None
+            )
+        elif isinstance(exc, RuntimeError):
+            error = ManagerClosedError(
+                "the aiohttp session given to the manager was closed; keep it open "
+                "until the manager is closed"
+            )
+        else:
+            http_logger.debug(
+                "token request for account %r failed: %s (attempt %d)",
+                account_id,
+                type(exc).__name__,
+                attempt,
+            )
+            error = TokenEndpointError(
+                f"could not reach the token endpoint: {type(exc).__name__}", status=None
+            )
+        error.__cause__ = scrubbed(exc, request.secrets)
+        return error

@@ -13,6 +13,7 @@ import json
 import math
 import secrets
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from email.utils import parsedate_to_datetime
 from typing import Any, Literal
@@ -24,6 +25,7 @@ from ._errors import (
     TokenEndpointError,
     TokenRefreshError,
 )
+from ._logging import redact
 from ._models import Region, Token
 
 __all__ = [
@@ -111,6 +113,18 @@ class TokenRequest:
     def with_client_secret(self, client_secret: str) -> TokenRequest:
         """The same request, authenticated with ``client_secret``."""
         return replace(self, client_secret=client_secret)
+
+    @property
+    def secrets(self) -> tuple[str, ...]:
+        """The secret values of the form (client secret, refresh token, code, verifier),
+        which nothing derived from the request or its answer may show."""
+        found = [v for k, v in self.form.items() if k in _SECRET_FIELDS and v]
+        if self.client_secret:
+            found.append(self.client_secret)
+        return tuple(found)
+
+
+_SECRET_FIELDS = frozenset({"client_secret", "refresh_token", "code", "code_verifier"})
 
 
 #: Headers of every token request.
@@ -221,10 +235,11 @@ def parse_retry_after(value: str | None, *, now: float | None = None) -> float |
     return max(0.0, seconds)
 
 
-def _clip(text: object) -> str | None:
+def _clip(text: object, secrets: Iterable[str] = ()) -> str | None:
     if not isinstance(text, str):
         return None
-    text = " ".join(text.split())
+    # Server text may echo what it was sent: redacted before anyone sees it.
+    text = redact(" ".join(text.split()), secrets)
     return text if len(text) <= _MAX_DESCRIPTION else text[: _MAX_DESCRIPTION - 1] + "…"
 
 
@@ -265,12 +280,17 @@ def parse_token_response(
     content_type: str | None = None,
     retry_after: str | None = None,
     previous_refresh_token: str | None = None,
+    secrets: Iterable[str] = (),
 ) -> Token:
     """Turn the token endpoint's answer into a :class:`Token`, or raise the typed error.
 
     ``sent_at`` is when the request was sent (POSIX seconds): the token's lifetime
     counts from then, not from when the answer was read. When the answer carries no
     refresh token, ``previous_refresh_token`` is kept.
+
+    The server's ``error`` and ``error_description`` reach messages and attributes only
+    redacted: anything shaped like a secret, and each of ``secrets`` (what the request
+    sent: refresh token, client secret, code), becomes ``[redacted]``.
 
     Raises :class:`InvalidGrantError`, :class:`InvalidClientError` or
     :class:`TokenRefreshError` for refusals (never worth retrying) and
@@ -313,8 +333,9 @@ def parse_token_response(
         )
 
     error = data.get("error") if isinstance(data, dict) else None
-    error = error if isinstance(error, str) else None
-    description = _clip(data.get("error_description")) if isinstance(data, dict) else None
+    secrets = tuple(secrets)
+    error = _clip(error, secrets) if isinstance(error, str) else None
+    description = _clip(data.get("error_description"), secrets) if isinstance(data, dict) else None
     detail = (
         f"{error}: {description}"
         if error and description

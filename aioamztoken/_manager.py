@@ -37,7 +37,8 @@ from ._lwa import (
 )
 from ._models import AccountState, AccountStatus, Region, Token
 from ._reauth import DEFAULT_REAUTH_WARNING, ReauthWatch, check_authorized_at
-from .stores._base import validate_account_id
+from ._scrub import raise_without_context, scrubbed
+from .stores._base import check_store, validate_account_id
 
 if TYPE_CHECKING:
     from ._middleware import AdsApiMiddleware
@@ -233,7 +234,7 @@ class AsyncTokenManager:
         if refresh_buffer < 0:
             raise ValueError("refresh_buffer must not be negative")
         self.client_id = client_id
-        self.store = store
+        self.store = check_store(store)
         self.region = Region.parse(region)
         self.token_url = token_url or self.region.token_url
         _check_token_url(self.token_url)
@@ -713,9 +714,12 @@ class AsyncTokenManager:
         except AmzTokenError:
             raise
         except Exception as exc:
-            raise StorageError(
+            # A store's error may hold what it was given (a token): only its type is kept.
+            error = StorageError(
                 f"store failed to {action}: {type(exc).__name__}", location=repr(self.store)
-            ) from exc
+            )
+            error.__cause__ = scrubbed(exc, text=False)
+            raise_without_context(error)
 
     async def _load(self, account_id: str) -> Token | None:
         with self._store_errors(f"load account {account_id!r}"):

@@ -32,8 +32,17 @@ import webbrowser
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any, TextIO
-from urllib.parse import parse_qs, urlsplit, urlunsplit
+from urllib.parse import parse_qs, urlsplit
 
+from . import __version__
+from ._cli_support import (
+    CommandParser,
+    add_global_options,
+    ask_yes_no,
+    escape,
+    missing_extra,
+    silence_stdout,
+)
 from ._errors import (
     AccountNotFoundError,
     AmzTokenError,
@@ -42,6 +51,7 @@ from ._errors import (
     StorageError,
     TokenEndpointError,
 )
+from ._logging import redact
 from ._lwa import make_pkce_pair
 from ._manager import AsyncTokenManager
 from ._models import AccountState, Region
@@ -96,7 +106,6 @@ def default_store_url(environ: dict[str, str] | None = None) -> str:
 
 
 def _build_parser() -> argparse.ArgumentParser:
-    env = os.environ.get
     parser = argparse.ArgumentParser(
         prog="aioamztoken",
         description=(
@@ -106,45 +115,10 @@ def _build_parser() -> argparse.ArgumentParser:
         epilog="exit codes: "
         + "; ".join(f"{code} {meaning}" for code, meaning in EXIT_CODES.items()),
     )
-    parser.add_argument(
-        "--store",
-        default=env("AIOAMZTOKEN_STORE"),
-        help="store URL (file:///…, dir:///…, encrypted-file:///…, keyring://service, "
-        "redis://…); default $AIOAMZTOKEN_STORE or a file in the user data directory",
-    )
-    parser.add_argument(
-        "--client-id", default=env("AIOAMZTOKEN_CLIENT_ID"), help="default $AIOAMZTOKEN_CLIENT_ID"
-    )
-    parser.add_argument(
-        "--region",
-        default=env("AIOAMZTOKEN_REGION", "na"),
-        help="na, eu or fe; default $AIOAMZTOKEN_REGION or na",
-    )
-    parser.add_argument(
-        "--token-url", default=env("AIOAMZTOKEN_TOKEN_URL"), help="override the token endpoint"
-    )
-    parser.add_argument(
-        "--consent-url", default=env("AIOAMZTOKEN_CONSENT_URL"), help="override the consent page"
-    )
-    parser.add_argument(
-        "--client-auth",
-        choices=("post", "basic"),
-        default=env("AIOAMZTOKEN_CLIENT_AUTH", "post"),
-        help="send the client credentials in the form (post, as Amazon documents) or in an "
-        "HTTP Basic header; default $AIOAMZTOKEN_CLIENT_AUTH or post",
-    )
-    max_age_help = (
-        "how long a grant lasts before the account must be authorized again "
-        "(365 for public SP-API apps); default $AIOAMZTOKEN_AUTHORIZATION_MAX_AGE"
-    )
-    parser.add_argument(
-        "--authorization-max-age",
-        default=env("AIOAMZTOKEN_AUTHORIZATION_MAX_AGE"),
-        metavar="DAYS",
-        type=_days,
-        help=max_age_help,
-    )
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    # Global options, accepted before the command and (CommandParser) after it.
+    add_global_options(parser, after_command=False)
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=CommandParser)
 
     login = commands.add_parser(
         "login",
@@ -182,22 +156,21 @@ def _build_parser() -> argparse.ArgumentParser:
     token.add_argument("account")
 
     accounts = commands.add_parser("accounts", help="list accounts with state and time to expiry")
-    accounts.add_argument("--json", action="store_true", help="machine-readable output")
-    accounts.add_argument(
-        "--authorization-max-age",
-        default=argparse.SUPPRESS,
-        metavar="DAYS",
-        type=_days,
-        help=max_age_help,
-    )
+    accounts.set_defaults()  # --json is a global option: before or after the command
 
     refresh = commands.add_parser("refresh", help="refresh one account, or all of them")
     which = refresh.add_mutually_exclusive_group(required=True)
     which.add_argument("account", nargs="?")
     which.add_argument("--all", action="store_true", help="every account (progress on a terminal)")
 
-    remove = commands.add_parser("remove", help="forget an account")
+    remove = commands.add_parser(
+        "remove",
+        help="forget an account (asks first on a terminal; --yes skips the question)",
+    )
     remove.add_argument("account")
+    remove.add_argument(
+        "-y", "--yes", action="store_true", help="do not ask (needed when not on a terminal)"
+    )
 
     migrate = commands.add_parser(
         "migrate", help="copy every account from one store to another, and verify the copy"
@@ -205,6 +178,14 @@ def _build_parser() -> argparse.ArgumentParser:
     migrate.add_argument("source", metavar="FROM_URL")
     migrate.add_argument("target", metavar="TO_URL")
 
+    emulator = commands.add_parser(
+        "emulator",
+        help="run the loopback Amazon emulator in the foreground, to try the CLI by hand",
+        description="Serve the Login with Amazon + Ads API emulator on 127.0.0.1 until "
+        "Ctrl-C, and print the environment variables that point the CLI and the library "
+        "at it, with a refresh token of a demo account.",
+    )
+    emulator.add_argument("--port", type=int, default=0, help="port to listen on (0: a free one)")
     commands.add_parser(
         "demo",
         help="run a realistic session against the embedded emulator (no Amazon account needed)",
@@ -220,19 +201,19 @@ def _build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _days(value: str) -> float:
-    """``--authorization-max-age``: a positive number of days."""
-    try:
-        days = float(value)
-    except ValueError:
-        days = float("nan")
-    if not (0 < days < 100_000):
-        raise argparse.ArgumentTypeError(f"expected a positive number of days, not {value!r}")
-    return days
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit status."""
+    try:
+        status = _main(argv)
+        sys.stdout.flush()  # a closed pipe is found here, not at interpreter exit
+    except BrokenPipeError:
+        # The reader went away (aioamztoken accounts | head -1): that is not an error.
+        silence_stdout()
+        return EXIT_OK
+    return status
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = _build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
@@ -242,6 +223,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from ._demo import main as demo
 
         return demo(sys.stdout)
+    if args.command == "emulator":
+        from ._cli_emulator import run_emulator
+
+        return run_emulator(args.port)
     try:
         return asyncio.run(_run(args))
     except KeyboardInterrupt:
@@ -276,10 +261,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as exc:
         _fail(str(exc))
         return EXIT_USAGE
+    except ImportError as exc:  # an optional extra that is not installed
+        _fail(missing_extra(exc))
+        return EXIT_USAGE
 
 
 def _fail(message: str) -> None:
-    print(f"aioamztoken: error: {' '.join(message.split())}", file=sys.stderr)
+    print(f"aioamztoken: error: {escape(' '.join(message.split()))}", file=sys.stderr)
 
 
 # ---------------------------------------------------------------------- plumbing
@@ -287,10 +275,13 @@ def _fail(message: str) -> None:
 
 def _open_store(args: argparse.Namespace) -> Any:
     from .stores import open_store
+    from .stores._url import display_url
 
     if args.store:
+        args.store_shown = display_url(args.store)
         return open_store(args.store)
     url = default_store_url()
+    args.store_shown = display_url(url)
     plain, encrypted = default_store_url({}), default_store_url({"AIOAMZTOKEN_KEY": "-"})
     other = plain if url == encrypted else encrypted
     if url == plain and _store_file_exists(plain) and _store_file_exists(encrypted):
@@ -373,13 +364,23 @@ async def _run(args: argparse.Namespace) -> int:
         print(f"added account {args.account!r}", file=sys.stderr)
         return EXIT_OK
     if command == "remove":
+        interactive = sys.stdin is not None and sys.stdin.isatty()
+        if not args.yes and not interactive:
+            raise CliError("remove needs --yes when standard input is not a terminal", EXIT_USAGE)
         async with _manager(args, network=False) as mgr:
+            if args.account not in await mgr.accounts():
+                raise AccountNotFoundError(args.account)
+            if not args.yes and not ask_yes_no(
+                f"remove account {args.account!r} from {args.store_shown}?"
+            ):
+                print("nothing was removed", file=sys.stderr)
+                return EXIT_FAILURE
             await mgr.remove_account(args.account)
         print(f"removed account {args.account!r}", file=sys.stderr)
         return EXIT_OK
     if command == "accounts":
         async with _manager(args, network=False) as mgr:
-            return await _accounts(mgr, as_json=args.json)
+            return await _accounts(mgr, as_json=args.json, store=args.store_shown)
     async with _manager(args, network=True) as mgr:
         if command == "token":
             print(await mgr.get_access_token(args.account))
@@ -401,7 +402,11 @@ def _read_secret_from_stdin() -> str:
     if sys.stdin.isatty():
         import getpass
 
-        value = getpass.getpass("refresh token (input hidden): ")
+        try:
+            value = getpass.getpass("refresh token (input hidden): ")
+        except EOFError:  # Ctrl-D
+            print(file=sys.stderr)
+            raise CliError("no refresh token was entered; nothing was stored", EXIT_USAGE) from None
     else:
         value = sys.stdin.readline()
     value = value.strip()
@@ -425,16 +430,18 @@ def _duration(seconds: float | None) -> str:
 # ---------------------------------------------------------------------- commands
 
 
-async def _accounts(mgr: AsyncTokenManager, *, as_json: bool) -> int:
+async def _accounts(mgr: AsyncTokenManager, *, as_json: bool, store: str = "") -> int:
     rows = []
     for account_id in await mgr.accounts():
         status = await mgr.status(account_id)
         rows.append(status)
+    if store:  # on stderr: stdout stays the table (or JSON) alone
+        print(f"aioamztoken: {len(rows)} account(s) in {store}", file=sys.stderr)
     if as_json:
         payload = [
             {
                 "account_id": s.account_id,
-                "state": s.state.value,
+                "state": _state_name(s, "not-yet-refreshed"),
                 "expires_at": s.expires_at,
                 "expires_in": None if s.expires_in is None else round(s.expires_in, 1),
                 "authorized_at": s.authorized_at,
@@ -447,14 +454,16 @@ async def _accounts(mgr: AsyncTokenManager, *, as_json: bool) -> int:
     if not rows:
         print("no accounts", file=sys.stderr)
         return EXIT_OK
-    width = max(len("ACCOUNT"), *(len(s.account_id) for s in rows))
-    notes = {s.account_id: _reauth_note(s.reauth_due_at) for s in rows}
-    header = f"{'ACCOUNT':<{width}}  {'STATE':<13}  EXPIRES IN"
-    print(f"{header}  NOTE" if any(notes.values()) else header)
-    for s in rows:
-        state = "needs re-auth" if s.state is AccountState.NEEDS_REAUTH else s.state.value
-        line = f"{s.account_id:<{width}}  {state:<13}  {_duration(s.expires_in)}"
-        print(f"{line:<{width + 27}}  {notes[s.account_id]}" if notes[s.account_id] else line)
+    names = [escape(s.account_id) for s in rows]
+    states = [_state_name(s, "not yet refreshed") for s in rows]
+    notes = [_reauth_note(s.reauth_due_at) for s in rows]
+    width = max(len("ACCOUNT"), *(len(n) for n in names))
+    state_width = max(13, *(len(state) for state in states))
+    header = f"{'ACCOUNT':<{width}}  {'STATE':<{state_width}}  EXPIRES IN"
+    print(f"{header:<{width + state_width + 14}}  NOTE" if any(notes) else header)
+    for s, name, state, note in zip(rows, names, states, notes, strict=True):
+        line = f"{name:<{width}}  {state:<{state_width}}  {_duration(s.expires_in)}"
+        print(f"{line:<{width + state_width + 14}}  {note}" if note else line)
     return EXIT_OK
 
 
@@ -464,6 +473,15 @@ def _reauth_note(due: float | None, warning: float = 30 * 86400) -> str:
         return ""
     date = time.strftime("%Y-%m-%d", time.gmtime(due))
     return f"re-authorize by {date}" + (" (overdue)" if due <= time.time() else "")
+
+
+def _state_name(status: Any, never: str) -> str:
+    # An account added with 'add' has no access token yet: not expired, just not fetched.
+    if status.state is AccountState.NEEDS_REAUTH:
+        return "needs re-auth" if " " in never else status.state.value
+    if status.state is AccountState.EXPIRED and status.expires_at is None:
+        return never
+    return str(status.state.value)
 
 
 async def _refresh_all(mgr: AsyncTokenManager, out: TextIO | None = None) -> int:
@@ -492,7 +510,7 @@ async def _refresh_all(mgr: AsyncTokenManager, out: TextIO | None = None) -> int
         out.write("\n")
     print(f"refreshed {len(accounts) - len(failures)} of {len(accounts)} accounts")
     for account_id, reason in sorted(failures):
-        print(f"aioamztoken: error: {account_id}: {' '.join(reason.split())}", file=sys.stderr)
+        _fail(f"{account_id}: {reason}")
     return EXIT_OK if not failures else EXIT_FAILURE
 
 
@@ -506,6 +524,13 @@ async def _migrate(source_url: str, target_url: str) -> int:
     from .stores import migrate, open_store
 
     source = open_store(source_url)
+    try:
+        await _check_source(source, source_url)
+    except BaseException:
+        closer = getattr(source, "aclose", None)
+        if closer is not None:
+            await closer()
+        raise
     target = open_store(target_url)
     try:
         report = await migrate(source, target)
@@ -516,6 +541,21 @@ async def _migrate(source_url: str, target_url: str) -> int:
                 await closer()
     print(report.render() if hasattr(report, "render") else str(report))
     return EXIT_OK if report.ok else EXIT_FAILURE
+
+
+async def _check_source(source: Any, url: str) -> None:
+    """Refuse a source that does not exist or holds no account: a typo in its URL must not
+    look like a successful (empty) migration, after which the user deletes the original."""
+    from .stores._url import display_url
+
+    shown = display_url(url)
+    location = getattr(source, "path", None)
+    if isinstance(location, str) and not await asyncio.to_thread(os.path.exists, location):
+        raise CliError(f"the source store {shown} does not exist; nothing was written", EXIT_USAGE)
+    if not await source.accounts():
+        raise CliError(
+            f"the source store {shown} holds no accounts; nothing was written", EXIT_USAGE
+        )
 
 
 async def _login(mgr: AsyncTokenManager, args: argparse.Namespace) -> int:
@@ -535,7 +575,9 @@ async def _login(mgr: AsyncTokenManager, args: argparse.Namespace) -> int:
         pasted = await asyncio.to_thread(sys.stdin.readline)
         code = _code_from_redirect(pasted.strip(), state)
     else:
-        async with _LoopbackReceiver(args.redirect_uri) as receiver:
+        from ._cli_login import LoopbackReceiver
+
+        async with LoopbackReceiver(args.redirect_uri, state) as receiver:
             redirect_uri = receiver.redirect_uri
             url = mgr.authorization_url(
                 redirect_uri=redirect_uri, state=state, scope=args.scope, code_challenge=challenge
@@ -566,7 +608,7 @@ def _code_from_query(query: dict[str, list[str]], state: str) -> str:
     if "error" in query:
         error = query["error"][0]
         description = query.get("error_description", [""])[0]
-        raise CliError(f"authorization was refused: {error} {description}".strip())
+        raise CliError(f"authorization was refused: {error} {redact(description)}".strip())
     got_state = query.get("state", [""])[0]
     if not secrets.compare_digest(got_state.encode(), state.encode()):
         raise CliError(
@@ -577,73 +619,3 @@ def _code_from_query(query: dict[str, list[str]], state: str) -> str:
     if not code:
         raise CliError("the redirect carried no authorization code")
     return code
-
-
-class _LoopbackReceiver:
-    """A one-request HTTP server on 127.0.0.1 that receives the consent redirect."""
-
-    def __init__(self, redirect_uri: str) -> None:
-        parts = urlsplit(redirect_uri)
-        if parts.scheme != "http" or parts.hostname not in ("127.0.0.1", "localhost"):
-            raise CliError(
-                f"the loopback receiver needs an http://127.0.0.1:PORT/... or "
-                f"http://localhost:PORT/... redirect URI, not {redirect_uri!r}; "
-                "use --manual for others",
-                EXIT_USAGE,
-            )
-        self._parts = parts
-        self._path = parts.path or "/"
-        self._port = parts.port or 80
-        self._received: asyncio.Future[dict[str, list[str]]] | None = None
-        self._runner: Any = None
-        self.redirect_uri = redirect_uri
-
-    async def __aenter__(self) -> _LoopbackReceiver:
-        from aiohttp import web
-
-        self._received = asyncio.get_running_loop().create_future()
-
-        async def handle(request: web.Request) -> web.Response:
-            assert self._received is not None
-            if request.path != self._path:
-                return web.Response(status=404, text="not found")
-            if self._received.done():
-                return web.Response(status=410, text="this login is already complete")
-            self._received.set_result(parse_qs(request.query_string))
-            return web.Response(
-                text="aioamztoken: authorization received. You can close this window.",
-                content_type="text/plain",
-            )
-
-        app = web.Application()
-        app.router.add_get("/{tail:.*}", handle)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", self._port)
-        try:
-            await site.start()
-        except OSError as exc:
-            await self._runner.cleanup()
-            raise CliError(
-                f"cannot listen on 127.0.0.1:{self._port} for the redirect: {exc.strerror}",
-                EXIT_USAGE,
-            ) from None
-        port = self._runner.addresses[0][1]
-        netloc = f"{self._parts.hostname}:{port}"
-        self.redirect_uri = urlunsplit(
-            (self._parts.scheme, netloc, self._path, self._parts.query, "")
-        )
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-
-    async def wait(self, timeout: float) -> dict[str, list[str]]:
-        assert self._received is not None
-        try:
-            return await asyncio.wait_for(asyncio.shield(self._received), timeout)
-        except asyncio.TimeoutError:
-            raise CliError(
-                f"no redirect arrived within {timeout:g} s; run 'aioamztoken login' again"
-            ) from None

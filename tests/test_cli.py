@@ -180,9 +180,9 @@ async def test_refresh_all_shows_a_progress_bar_on_a_terminal(
 
 async def test_remove(cli: Runner, emulator: AmazonEmulator, cli_env: dict[str, str]) -> None:
     await cli("add", "acct", stdin=emulator.issue_refresh_token("acct"))
-    assert (await cli("remove", "acct")).status == 0
+    assert (await cli("remove", "acct", "--yes")).status == 0
     assert await store_of(cli_env).accounts() == []
-    assert_clean_error(await cli("remove", "acct"), 3)
+    assert_clean_error(await cli("remove", "acct", "--yes"), 3)
 
 
 async def test_revoked_token_tells_the_user_to_log_in_again(
@@ -293,23 +293,27 @@ async def test_login_flow_with_the_test_playing_the_browser(
     assert code not in err.decode()
 
 
-async def test_login_with_a_forged_state_fails_clearly_and_stores_nothing(
+async def test_login_ignores_a_forged_state_and_waits_for_the_real_callback(
     cli_env: dict[str, str], emulator: AmazonEmulator
 ) -> None:
     proc, consent_url = await start_login(cli_env)
     async with aiohttp.ClientSession() as browser:
         async with browser.get(consent_url, allow_redirects=False) as consent:
-            redirect = urlsplit(consent.headers["Location"])
+            real = consent.headers["Location"]
+            redirect = urlsplit(real)
         forged = dict(parse_qs(redirect.query))
         forged["state"] = ["attacker-state"]
         forged_url = urlunsplit(redirect._replace(query=urlencode(forged, doseq=True)))
         async with browser.get(forged_url) as landing:
-            await landing.read()
+            assert landing.status == 400
+        assert proc.returncode is None  # still waiting
+        assert emulator.token_requests == 0
+        async with browser.get(real) as landing:
+            assert landing.status == 200
     _, err = await asyncio.wait_for(proc.communicate(), 30)
-    assert proc.returncode == 1
-    assert "state mismatch" in err.decode()
-    assert emulator.token_requests == 0
-    assert await store_of(cli_env).accounts() == []
+    assert proc.returncode == 0, err
+    assert "ignored a callback whose state is not this login's" in err.decode()
+    assert await store_of(cli_env).accounts() == ["acct"]
 
 
 async def test_manual_login_reads_the_pasted_redirect_url(
@@ -473,10 +477,10 @@ async def test_login_says_so_when_the_redirect_port_is_taken(cli: Runner) -> Non
 
 
 async def test_the_loopback_receiver_takes_one_redirect_on_its_path_only() -> None:
-    from aioamztoken.cli import _LoopbackReceiver
+    from aioamztoken._cli_login import LoopbackReceiver
 
     async with (
-        _LoopbackReceiver("http://127.0.0.1:0/callback") as receiver,
+        LoopbackReceiver("http://127.0.0.1:0/callback", "s") as receiver,
         aiohttp.ClientSession() as browser,
     ):
         base = receiver.redirect_uri.rsplit("/", 1)[0]

@@ -132,7 +132,7 @@ def _env(home: Path | None = None) -> dict[str, str]:
             XDG_DATA_HOME=str(home / "data"),
             XDG_CONFIG_HOME=str(home / "config"),
             XDG_CACHE_HOME=str(home / "cache"),
-            PYTHON_KEYRING_BACKEND="keyrings.alt.file.PlaintextKeyring",
+            PYTHON_KEYRING_BACKEND="tests._keyrings.FileKeyringForTests",
         )
     return env
 

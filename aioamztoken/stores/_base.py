@@ -7,7 +7,7 @@ from typing import Protocol, runtime_checkable
 
 from .._models import Token
 
-__all__ = ["LockingTokenStore", "TokenStore", "validate_account_id"]
+__all__ = ["LockingTokenStore", "TokenStore", "check_store", "validate_account_id"]
 
 
 @runtime_checkable
@@ -73,3 +73,23 @@ def validate_account_id(account_id: str) -> str:
     except UnicodeEncodeError:
         raise ValueError("an account id must be valid Unicode (no lone surrogates)") from None
     return account_id
+
+
+def check_store(store: object) -> TokenStore:
+    """Return ``store`` if it has the :class:`TokenStore` methods; raise ``TypeError`` if not.
+
+    A URL given where a store is expected (``store="memory://"``) is the usual slip: the
+    message points to ``open_store(url)``.
+    """
+    if isinstance(store, TokenStore) and not isinstance(store, type):
+        return store
+    if isinstance(store, str):
+        hint = f"for a store URL write store=open_store({store!r}) (aioamztoken.open_store)"
+    else:
+        hint = (
+            "give a store object (MemoryTokenStore(), FileTokenStore(path)..., or "
+            "open_store(url) for a URL)"
+        )
+    missing = [m for m in ("load", "save", "delete", "accounts") if not hasattr(store, m)]
+    what = f" (it has no {', '.join(missing)})" if missing and not isinstance(store, str) else ""
+    raise TypeError(f"store must be a token store, not {type(store).__name__}{what}: {hint}")

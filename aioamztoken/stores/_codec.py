@@ -14,6 +14,7 @@ from typing import Any, TypeVar, overload
 from .._errors import StorageError
 from .._models import Token
 from ._base import validate_account_id
+from ._trust import announce_too_open
 
 __all__ = [
     "FORMAT",
@@ -80,6 +81,7 @@ def decode_file(data: bytes, location: str) -> dict[str, Token]:
     for number, (account_id, record) in enumerate(records.items(), 1):
         where = f'account #{number} of "accounts"'
         accounts[_account_id(account_id, location, where)] = _token(record, location, where)
+    announce_too_open(location)  # only now: a file that is not ours is an error, not this
     return accounts
 
 
@@ -92,7 +94,9 @@ def decode_account(data: bytes, location: str) -> tuple[str, Token]:
     """The account id and token of an :func:`encode_account` document."""
     document = _load_document(data, location, {"format", "account_id", "token"})
     account_id = _account_id(document["account_id"], location, '"account_id"')
-    return account_id, _token(document["token"], location, '"token"')
+    token = _token(document["token"], location, '"token"')
+    announce_too_open(location)
+    return account_id, token
 
 
 def encode_index(account_ids: Iterable[str]) -> bytes:
@@ -126,19 +130,25 @@ def _dump(document: dict[str, Any]) -> bytes:
 
 
 def _load_document(data: bytes, location: str, members: set[str]) -> dict[str, Any]:
+    # Each error is raised outside the except block: json's errors hold the whole text
+    # (JSONDecodeError.doc), and a __context__ would carry it to any error reporter.
     if not data.strip():
         raise corrupt(location, "is empty")
+    problem: str | None = None
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        raise corrupt(location, f"is not UTF-8 text (bad byte at offset {exc.start})") from None
+        problem = f"is not UTF-8 text (bad byte at offset {exc.start})"
+    if problem is not None:
+        raise corrupt(location, problem)
     try:
         document = json.loads(text)
     except json.JSONDecodeError as exc:
         problem = f"is not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno})"
-        raise corrupt(location, problem) from None
     except (ValueError, RecursionError):  # an integer too long to parse, nesting too deep
-        raise corrupt(location, "is not JSON that can be read") from None
+        problem = "is not JSON that can be read"
+    if problem is not None:
+        raise corrupt(location, problem)
     if not isinstance(document, dict):
         raise corrupt(location, "does not hold a JSON object")
     if document.get("format") != FORMAT:
@@ -155,7 +165,8 @@ def _account_id(value: Any, location: str, where: str) -> str:
     try:
         return validate_account_id(value)
     except (TypeError, ValueError):
-        raise corrupt(location, f"has an invalid account id at {where}") from None
+        pass
+    raise corrupt(location, f"has an invalid account id at {where}")
 
 
 def _token(record: Any, location: str, where: str) -> Token:
@@ -163,7 +174,8 @@ def _token(record: Any, location: str, where: str) -> Token:
         return Token.from_dict(record)
     except (ValueError, TypeError, OverflowError) as exc:
         # from_dict's messages name the faulty field, never its value.
-        raise corrupt(location, f"has an invalid token record at {where} ({exc})") from None
+        problem = f"has an invalid token record at {where} ({exc})"
+    raise corrupt(location, problem)
 
 
 # ---------------------------------------------------------------------------- file names

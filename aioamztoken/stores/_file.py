@@ -14,6 +14,7 @@ from ._base import validate_account_id
 from ._codec import decode_file, encode_file, lock_name
 from ._fs import atomic_write, read_bytes, resolve_path, run_sync, wait_despite_cancellation
 from ._locks import LockFiles, lock_file
+from ._trust import needs_tightening
 
 __all__ = ["FileTokenStore"]
 
@@ -173,5 +174,5 @@ class FileTokenStore:
                 accounts.pop(account_id, None)
             else:
                 accounts[account_id] = token
-        if outdated or accounts != before:
+        if outdated or accounts != before or needs_tightening(self._path):
             atomic_write(self._path, self._encode(accounts))

@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 import anyio.to_thread
 
 from .._errors import StorageError
+from ._trust import check_lock_dir, check_owned, open_lock_fd
 
 __all__ = [
     "atomic_write",
@@ -102,6 +103,7 @@ def read_bytes(path: Path) -> bytes | None:
     """The contents of ``path``, or ``None`` if it does not exist."""
     try:
         with open(path, "rb") as file:
+            check_owned(file.fileno(), path, token_file=True)
             return file.read()
     except FileNotFoundError:
         return None
@@ -172,9 +174,12 @@ def list_dir(path: Path) -> list[str]:
 
 
 def open_lock_file(path: Path) -> int:
-    """A descriptor of the lock file ``path``, created (mode 0600, parents 0700) if needed."""
+    """A descriptor of the lock file ``path``, created (mode 0600, parents 0700) if needed.
+
+    A lock directory or file owned by another user, or a symlink, is a StorageError."""
     ensure_dir(path.parent)
+    check_lock_dir(path.parent)
     try:
-        return os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, _FILE_MODE)
+        return open_lock_fd(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, _FILE_MODE)
     except OSError as exc:
         raise os_failure("open the lock file", path, exc) from exc

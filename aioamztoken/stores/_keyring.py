@@ -13,7 +13,9 @@ from typing import TYPE_CHECKING, TypeVar
 import platformdirs
 
 from .._errors import StorageError
+from .._logging import redact
 from .._models import Token
+from .._scrub import scrubbed
 from ._base import validate_account_id
 from ._codec import corrupt, decode_account, decode_index, encode_account, encode_index, lock_name
 from ._fs import resolve_path, run_sync
@@ -54,6 +56,14 @@ class KeyringTokenStore:
     ``<user data dir>/aioamztoken/locks/keyring-<hash of service>``; processes sharing a
     keyring must share it.
 
+    Only a backend that keeps secrets safe is used. keyrings.alt's plaintext backends, the
+    fail backend (keyring found nothing usable), any backend whose priority is below 1
+    (keyring's own "not recommended") and a chain holding any of those are refused: the
+    first call raises :class:`~aioamztoken.StorageError` naming the backend, and nothing
+    is read or written. ``allow_insecure_backend=True`` (``keyring://SERVICE?
+    allow_insecure_backend=1``) opts in to such a backend, for tests or a machine where
+    a plain file is acceptable.
+
     An entry or index that cannot be read raises :class:`~aioamztoken.StorageError` and
     is never overwritten or deleted; so does any failure of the backend (a locked or
     missing keyring, a D-Bus error). Safe to share between tasks on one event loop and
@@ -66,6 +76,7 @@ class KeyringTokenStore:
         *,
         backend: KeyringBackend | None = None,
         lock_dir: str | os.PathLike[str] | None = None,
+        allow_insecure_backend: bool = False,
     ) -> None:
         if not isinstance(service, str) or not service:
             raise ValueError("service must be a non-empty string")
@@ -77,6 +88,7 @@ class KeyringTokenStore:
             ) from exc
         self.service = service
         self._backend = backend
+        self.allow_insecure_backend = allow_insecure_backend
         if lock_dir is None:
             digest = hashlib.sha256(service.encode("utf-8", "surrogatepass")).hexdigest()[:16]
             lock_dir = Path(platformdirs.user_data_dir("aioamztoken"), "locks", f"keyring-{digest}")
@@ -189,18 +201,70 @@ class KeyringTokenStore:
         import keyring
         import keyring.errors
 
+        backend = self._checked_backend()
+        # Raised outside the except block, with a scrubbed cause: a backend's error may
+        # hold what it was sent (a token).
         try:
-            backend = self._backend if self._backend is not None else keyring.get_keyring()
             return call(backend)
         except Exception as exc:
             if isinstance(exc, keyring.errors.KeyringError) and str(exc):
-                reason = f"{type(exc).__name__}: {str(exc)[:200]}"
+                reason = f"{type(exc).__name__}: {redact(str(exc))[:200]}"
             else:  # other messages may quote what was sent: the type alone is safe
                 reason = type(exc).__name__
-            raise StorageError(
+            failure = StorageError(
                 f"the keyring could not {action} {where}: {reason}", location=where
-            ) from exc
+            )
+            failure.__cause__ = scrubbed(exc, text=False)
+        raise failure
+
+    def _checked_backend(self) -> KeyringBackend:
+        import keyring
+
+        backend: KeyringBackend = (
+            self._backend if self._backend is not None else keyring.get_keyring()
+        )
+        if not self.allow_insecure_backend:
+            reason = _insecurity(backend)
+            if reason is not None:
+                raise StorageError(
+                    f"the keyring backend {_backend_name(backend)} is refused: {reason}. Use a "
+                    "keyring that encrypts (the Secret Service, macOS Keychain, Windows "
+                    "Credential Locker), or opt in with KeyringTokenStore(..., "
+                    "allow_insecure_backend=True) (keyring://SERVICE?allow_insecure_backend=1)",
+                    location=f"keyring service {self.service!r}",
+                )
+        return backend
 
     def _where(self, username: str, account_id: str | None = None) -> str:
         where = f"keyring entry {username!r} of service {self.service!r}"
         return where if account_id is None else f"{where} (account {account_id!r})"
+
+
+def _backend_name(backend: object) -> str:
+    kind = type(backend)
+    return f"{kind.__module__}.{kind.__qualname__}"
+
+
+def _insecurity(backend: KeyringBackend) -> str | None:
+    """Why ``backend`` must not hold tokens, or ``None`` if it may."""
+    import keyring.backends.chainer
+    import keyring.backends.fail
+
+    if isinstance(backend, keyring.backends.fail.Keyring):
+        return "it is keyring's fail backend (no usable keyring was found)"
+    kind = type(backend)
+    if kind.__module__.startswith("keyrings.alt") and "plaintext" in kind.__name__.lower():
+        return "it keeps secrets in a plain file anyone who can read the file can read"
+    if isinstance(backend, keyring.backends.chainer.ChainerBackend):
+        for chained in backend.backends:
+            reason = _insecurity(chained)
+            if reason is not None:
+                return f"it chains to {_backend_name(chained)}, which is refused: {reason}"
+        return None
+    try:
+        priority = float(backend.priority)
+    except Exception:  # keyring's way of saying a backend is not viable here
+        return "keyring says it is not usable here (its priority cannot be computed)"
+    if priority < 1:
+        return f"its priority is {priority:g}, below 1: keyring does not recommend it"
+    return None

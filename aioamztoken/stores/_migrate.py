@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 from .._errors import AmzTokenError, StorageError
+from .._scrub import scrubbed
 from ._base import TokenStore
 
 __all__ = ["MigrationReport", "migrate"]
@@ -87,14 +88,19 @@ async def migrate(
         raise ValueError("the source and the target are the same store")
     if concurrency < 1:
         raise ValueError("concurrency must be at least 1")
+    # Raised outside the except block, with a scrubbed cause: a store's error may hold data.
+    failure: StorageError | None = None
     try:
         account_ids = sorted(await source.accounts())
     except AmzTokenError:
         raise
     except Exception as exc:
-        raise StorageError(
+        failure = StorageError(
             f"cannot list the accounts of {source!r}: {type(exc).__name__}", location=repr(source)
-        ) from exc
+        )
+        failure.__cause__ = scrubbed(exc, text=False)
+    if failure is not None:
+        raise failure
     slots = asyncio.Semaphore(concurrency)
     outcomes: dict[str, tuple[str, str]] = {}
 

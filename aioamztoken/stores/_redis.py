@@ -12,8 +12,9 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from .._errors import AmzTokenError, StorageError
-from .._logging import logger
+from .._logging import logger, redact
 from .._models import Token
+from .._scrub import scrubbed
 from ._base import validate_account_id
 from ._codec import corrupt, decode_account, encode_account
 from ._crypto import TokenCipher
@@ -376,21 +377,25 @@ class RedisTokenStore:
 
     async def _call(self, action: str, awaitable: Any) -> Any:
         """Await a redis-py call, turning its failures into StorageError."""
+        # redis-py's errors may hold the command sent (a token): raised outside the except
+        # block, with a scrubbed cause.
         try:
             return await awaitable
         except AmzTokenError:
             raise
         except self._errors as exc:
-            raise self._failure(action, exc) from exc
+            failure = self._failure(action, exc)
+        raise failure
 
     def _failure(self, action: str, exc: BaseException) -> StorageError:
-        reason = str(exc) or type(exc).__name__
-        if self._password:
-            reason = reason.replace(self._password, "***")
-        return StorageError(
+        hidden = (self._password,) if self._password else ()
+        reason = redact(str(exc), hidden) or type(exc).__name__
+        error = StorageError(
             f"Redis at {self.url} failed to {action}: {type(exc).__name__}: {reason}",
             location=self.url,
         )
+        error.__cause__ = scrubbed(exc, hidden)
+        return error
 
     # ------------------------------------------------------------------ the lock
 

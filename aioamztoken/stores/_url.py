@@ -7,6 +7,7 @@ import urllib.parse
 from collections.abc import Callable, Sequence
 
 from .._errors import StorageError
+from .._scrub import scrubbed
 from ._base import TokenStore
 from ._directory import DirectoryTokenStore
 from ._encrypted import EncryptedFileTokenStore
@@ -33,7 +34,9 @@ def open_store(url: str) -> TokenStore:
     ``dir:///abs/tokens``                            :class:`DirectoryTokenStore`
     ``encrypted-file:///abs/tokens.enc``             :class:`EncryptedFileTokenStore`
     ``keyring://SERVICE``                            :class:`KeyringTokenStore` (``keyring://``
-                                                     alone: service ``"aioamztoken"``)
+                                                     alone: service ``"aioamztoken"``;
+                                                     ``?allow_insecure_backend=1`` opts in
+                                                     to a plaintext backend)
     ``redis://[:PASSWORD@]HOST[:PORT][/DB]``         :class:`RedisTokenStore`; ``rediss://``
                                                      for TLS
     ===============================================  =======================================
@@ -118,11 +121,14 @@ def _open_encrypted_file(url: str, parts: urllib.parse.SplitResult) -> TokenStor
 def _open_keyring(url: str, parts: urllib.parse.SplitResult) -> TokenStore:
     from ._keyring import KeyringTokenStore
 
-    _params(url, parts, ())
+    params = _params(url, parts, ("allow_insecure_backend",))
     if parts.path not in ("", "/"):
         raise _bad(url, "has a path: write the keyring service as keyring://SERVICE")
-    service = urllib.parse.unquote(parts.netloc, errors="strict")
-    return KeyringTokenStore(service) if service else KeyringTokenStore()
+    service = urllib.parse.unquote(parts.netloc, errors="strict") or "aioamztoken"
+    insecure = params.get("allow_insecure_backend", "0").lower()
+    if insecure not in ("0", "1", "true", "false", "yes", "no"):
+        raise _bad(url, "has an allow_insecure_backend that is not 1 or 0")
+    return KeyringTokenStore(service, allow_insecure_backend=insecure in ("1", "true", "yes"))
 
 
 def _open_redis(url: str, parts: urllib.parse.SplitResult) -> TokenStore:
@@ -237,7 +243,10 @@ def _keyring_key(service: str) -> str | None:
     try:
         value = keyring.get_password(service, KEYRING_KEY_ENTRY)
     except Exception as exc:  # any backend failure; its message may quote secrets
-        raise StorageError(
+        failure = StorageError(
             f"the keyring could not read {where}: {type(exc).__name__}", location=where
-        ) from exc
-    return value if isinstance(value, str) else None
+        )
+        failure.__cause__ = scrubbed(exc, text=False)
+    else:
+        return value if isinstance(value, str) else None
+    raise failure

@@ -189,7 +189,8 @@ class AmazonEmulator:
     - ``expires_in_as_string=False``: send ``"expires_in": "3600"`` as Amazon sometimes does.
     - ``rotate_refresh_tokens=False``: every refresh returns a new refresh token and the
       old one answers ``invalid_grant`` from then on.
-    - ``host="127.0.0.1"``: the interface to listen on (the port is always a free one).
+    - ``host="127.0.0.1"``: the interface to listen on; ``port=0``: the port of
+      :attr:`base_url` (0, the default, picks a free one; the download origin always does).
     - ``seed=0``: seeds :attr:`rng`, so ``failure_rate`` and latency ranges are reproducible.
 
     All these, and the attributes below, may be changed while the emulator runs.
@@ -233,6 +234,7 @@ class AmazonEmulator:
         seed: int = 0,
         client_secrets: Collection[str] | None = None,
         client_auth_methods: Collection[str] = ("post", "basic"),
+        port: int = 0,
     ) -> None:
         if not isinstance(client_secret, str):  # several: all accepted, the first is "the" one
             client_secrets = [*client_secret, *(client_secrets or ())]
@@ -247,6 +249,7 @@ class AmazonEmulator:
         self.expires_in_as_string = expires_in_as_string
         self.rotate_refresh_tokens = rotate_refresh_tokens
         self.host = host
+        self.port = port  # of base_url; 0 picks a free one (the download origin always does)
 
         self.rng = random.Random(seed)
         """Decides which requests :attr:`failure_rate` fails. Replace it to reseed."""
@@ -307,7 +310,7 @@ class AmazonEmulator:
             raise RuntimeError("the emulator is already running")
         self._closing = asyncio.Event()
         try:
-            self._base_url = await self._serve(self._build_app())
+            self._base_url = await self._serve(self._build_app(), self.port)
             # Report files live on an origin of their own, like S3: it must never see
             # a bearer token.
             self._download_url = await self._serve(self._build_download_app())
@@ -356,11 +359,11 @@ class AmazonEmulator:
         finally:
             thread.stop()
 
-    async def _serve(self, app: web.Application) -> str:
+    async def _serve(self, app: web.Application, port: int = 0) -> str:
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=_SHUTDOWN_TIMEOUT)
         await runner.setup()
         self._runners.append(runner)
-        await web.TCPSite(runner, self.host, 0).start()
+        await web.TCPSite(runner, self.host, port).start()
         host, port = runner.addresses[0][:2]
         return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 

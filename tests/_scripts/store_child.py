@@ -58,7 +58,8 @@ def open_store(kind: str, path: str) -> Store:
     if kind == "encrypted":
         return EncryptedFileTokenStore(path, key=os.environ["AIOAMZTOKEN_KEY"])
     if kind == "keyring":
-        return KeyringTokenStore(path)
+        # keyring's environment variables pick keyrings.alt's plaintext file: opted in to.
+        return KeyringTokenStore(path, allow_insecure_backend=True)
     return FileTokenStore(path) if kind == "file" else DirectoryTokenStore(path)
 
 
