@@ -339,11 +339,14 @@ async def test_a_missing_or_doubled_code_is_refused(
 async def test_connect_needs_a_sensible_account(
     mgr: at.AsyncTokenManager, query: dict[str, str]
 ) -> None:
-    async with serving(("/amazon", consent_app(mgr, redirect_uri=REDIRECT))) as client:
-        async with client.get("/amazon/connect", params=query, allow_redirects=False) as resp:
-            assert resp.status == 400
-            assert "Cannot start the authorization" in await resp.text()
-            assert resp.headers["Referrer-Policy"] == "no-referrer"
+    app = consent_app(mgr, redirect_uri=REDIRECT)
+    async with (
+        serving(("/amazon", app)) as client,
+        client.get("/amazon/connect", params=query, allow_redirects=False) as resp,
+    ):
+        assert resp.status == 400
+        assert "Cannot start the authorization" in await resp.text()
+        assert resp.headers["Referrer-Policy"] == "no-referrer"
 
 
 async def test_a_store_that_cannot_save_is_a_500_page(
@@ -447,9 +450,9 @@ async def test_sp_api_defaults_to_the_regions_seller_central(
 
 
 async def test_no_operator_no_accounts_page(mgr: at.AsyncTokenManager) -> None:
-    async with serving(("/amazon", consent_app(mgr, redirect_uri=REDIRECT))) as client:
-        async with client.get("/amazon/accounts") as resp:
-            assert resp.status == 404
+    app = consent_app(mgr, redirect_uri=REDIRECT)
+    async with serving(("/amazon", app)) as client, client.get("/amazon/accounts") as resp:
+        assert resp.status == 404
 
 
 async def test_the_operator_decides_who_sees_the_accounts(
