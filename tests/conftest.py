@@ -13,7 +13,7 @@ from aioamztoken import AsyncTokenManager, MemoryTokenStore
 from aioamztoken.testing import AmazonEmulator
 
 REQUIRE_SERVICES = os.environ.get("AIOAMZTOKEN_REQUIRE_SERVICES") == "1"
-SERVICE_MARKERS = ("redis", "secretservice")
+SERVICE_MARKERS = ("redis", "secretservice", "browser")
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -72,7 +72,9 @@ def _deny(target: str, state: str | None) -> web.Response:
     return _redirect(target, params)
 
 
-def _page(title: str, heading: str, intro: str, fields: dict[str, str], account: str) -> str:
+def _page(
+    site: str, title: str, heading: str, intro: str, fields: dict[str, str], account: str
+) -> str:
     hidden = "\n".join(
         f'<input type="hidden" name="{escape(k)}" value="{escape(v)}">' for k, v in fields.items()
     )
@@ -97,7 +99,7 @@ button:focus-visible, input:focus-visible {{ outline: 3px solid #007185; }}
 </style>
 </head>
 <body>
-<header>amazon (emulator)</header>
+<header>{escape(site)} (emulator)</header>
 <main>
 <h1>{escape(heading)}</h1>
 {intro}
@@ -146,7 +148,7 @@ async def ads_consent(emulator: AmazonEmulator, request: web.Request) -> web.Str
             "would like to access your Amazon Ads data:</p>\n"
             f"<p><code>{escape(query.get('scope', '(no scope)'))}</code></p>"
         )
-        html = _page("Amazon sign-in: consent", "Allow access?", intro, query, account)
+        html = _page("amazon", "Amazon sign-in: consent", "Allow access?", intro, query, account)
         return web.Response(text=html, content_type="text/html")
     if decision != "allow":
         return _deny(redirect_uri, query.get("state"))
@@ -205,7 +207,12 @@ async def seller_central_consent(
             )
         )
         html = _page(
-            "Seller Central: authorize", "Authorize this application?", intro, query, seller
+            "amazon seller central",
+            "Seller Central: authorize",
+            "Authorize this application?",
+            intro,
+            query,
+            seller,
         )
         return web.Response(text=html, content_type="text/html")
     if decision != "allow":

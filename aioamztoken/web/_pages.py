@@ -90,7 +90,7 @@ def success_page(*, account_id: str, api_name: str) -> str:
     body = (
         '<div class="ok" role="status">\n<h1>Account connected</h1>\n'
         f'<p class="lead">The account <strong>{escape(account_id)}</strong> is now '
-        f"authorized to use the {escape(api_name)} through this application.</p>\n"
+        f"connected: this application may use its {escape(api_name)} data.</p>\n"
         "<p>You can close this window.</p>\n</div>"
     )
     return page("Account connected", body)
