@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
@@ -162,9 +163,10 @@ async def assert_nothing_stored(mgr: at.AsyncTokenManager, emulator: AmazonEmula
         ("attacker-state", "Unknown state"),
         ("s1.AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA", "Unknown state"),
         ("s1.%%%", "Unknown state"),
+        ("s1.AAAAA", "Unknown state"),
         ("s1." + "A" * 5000, "Unknown state"),
     ],
-    ids=["absent", "empty", "forged", "garbage", "not-base64", "huge"],
+    ids=["absent", "empty", "forged", "garbage", "not-base64", "bad-length", "huge"],
 )
 async def test_a_missing_or_forged_state_is_a_400_page_and_nothing_is_stored(
     mgr: at.AsyncTokenManager, emulator: AmazonEmulator, state: str | None, title: str
@@ -333,11 +335,11 @@ async def test_a_missing_or_doubled_code_is_refused(
 
 @pytest.mark.parametrize(
     "query",
-    [{}, {"account": ""}, {"account": "a\x00b"}, {"account": "x" * 300}],
-    ids=["none", "empty", "control-char", "too-long"],
+    [{}, {"account": ""}, {"account": "a\x00b"}, {"account": "x" * 300}, "account=a&account=b"],
+    ids=["none", "empty", "control-char", "too-long", "twice"],
 )
 async def test_connect_needs_a_sensible_account(
-    mgr: at.AsyncTokenManager, query: dict[str, str]
+    mgr: at.AsyncTokenManager, query: dict[str, str] | str
 ) -> None:
     app = consent_app(mgr, redirect_uri=REDIRECT)
     async with (
@@ -563,3 +565,67 @@ def test_bad_settings_are_refused_at_once(
     options = {"redirect_uri": REDIRECT, **options}
     with pytest.raises(problem):
         consent_app(mgr, **options)
+
+
+def test_the_operator_page_renders_authorization_age_and_due_dates() -> None:
+    from aioamztoken.web import _pages
+
+    now = 1_800_000_000.0
+    rows = [
+        _pages.AccountRow(
+            "seller <1>",
+            "expired",
+            now - 7200,
+            "TokenEndpointError: token endpoint answered 503",
+            now - 40 * 86400,
+            now + 325 * 86400,
+            "https://app.example.com/connect?account=seller+%3C1%3E",
+        )
+    ]
+    page = _pages.accounts_page(rows, api_name="Amazon Selling Partner API", now=now)
+    assert "seller &lt;1&gt;" in page
+    assert "2 hours ago" in page
+    assert "40 days ago" in page
+    assert "re-authorize by" in page
+    assert '<time datetime="2027-01-15T06:00:00Z">' in page
+    assert "token endpoint answered 503" in page
+    assert "<caption>1 account</caption>" in page
+    assert "No accounts yet" in _pages.accounts_page([], api_name="Amazon Ads")
+
+
+async def test_an_unreadable_account_is_shown_as_such_and_the_page_still_renders(
+    make_manager: ManagerFactory, emulator: AmazonEmulator, tmp_path: Any
+) -> None:
+    store = at.DirectoryTokenStore(tmp_path / "tokens")
+    mgr = make_manager(store=store)
+    await mgr.add_account("good", emulator.issue_refresh_token("good"))
+    await mgr.add_account("bad", emulator.issue_refresh_token("bad"))
+    for path in (tmp_path / "tokens").iterdir():
+        if "bad" in path.name:
+            path.write_text("{not json")
+    app = consent_app(mgr, redirect_uri=REDIRECT, operator=lambda request: True)
+    async with serving(("/amazon", app)) as client, client.get("/amazon/accounts") as resp:
+        assert resp.status == 200
+        page = await resp.text()
+    assert '<td class="state-unreadable">unreadable</td>' in page
+    assert "StorageError" in page
+    assert '<th scope="row">good</th>' in page
+
+
+def test_spent_states_are_forgotten_once_expired_and_reprs_hold_no_secret() -> None:
+    from aioamztoken.web._state import StateError, StateSealer
+
+    sealer = StateSealer(b"key material", binding="app", ttl=0.2)
+    first = sealer.open(sealer.seal("acme", "verifier-secret"))
+    sealer.spend(first)
+    assert "verifier-secret" not in repr(first)
+    assert "spent=1" in repr(sealer)
+    time.sleep(0.3)
+    second = sealer.open(sealer.seal("acme", None))
+    sealer.spend(second)
+    assert "spent=1" in repr(sealer)  # the expired one was dropped
+    state = sealer.seal(None, None)
+    sealer.spend(sealer.open(state))
+    with pytest.raises(StateError) as refused:
+        sealer.open(state)
+    assert refused.value.reason == "reused"
