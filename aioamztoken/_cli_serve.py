@@ -15,7 +15,7 @@ import os
 import signal
 import sys
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
+from urllib.parse import urljoin, urlsplit
 
 if TYPE_CHECKING:
     from aiohttp import web
@@ -108,8 +108,9 @@ async def serve(mgr: AsyncTokenManager, args: argparse.Namespace) -> int:
             ) from None
         host, port = runner.addresses[0][:2]
         origin = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+        public = urljoin(args.redirect_uri, "connect")
         print(
-            f"serving the consent app on {origin}: send customers to {origin}/connect?account=ID; "
+            f"serving the consent app on {origin}: send customers to {public}?account=ID; "
             f"operator page {origin}/accounts (loopback only)",
             file=sys.stderr,
             flush=True,

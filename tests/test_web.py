@@ -629,3 +629,15 @@ def test_spent_states_are_forgotten_once_expired_and_reprs_hold_no_secret() -> N
     with pytest.raises(StateError) as refused:
         sealer.open(state)
     assert refused.value.reason == "reused"
+
+
+async def test_two_racing_callbacks_with_one_state_exchange_once(
+    mgr: at.AsyncTokenManager, emulator: AmazonEmulator
+) -> None:
+    emulator.latency = 0.2  # keeps the first exchange in flight while the second arrives
+    async with serving(("/amazon", consent_app(mgr, redirect_uri=REDIRECT))) as client:
+        params = await consent(await connect(client, "acme"))
+        answers = await asyncio.gather(*(callback(client, params) for _ in range(5)))
+    assert sorted(status for status, _, _ in answers) == [200, 400, 400, 400, 400]
+    assert emulator.token_requests == 1
+    assert emulator.code_grants == 1

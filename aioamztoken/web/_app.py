@@ -302,11 +302,13 @@ async def _callback(request: web.Request) -> web.StreamResponse:
         pending = sealer.open(_param(request, "state"))
     except StateError as exc:
         refusal = exc
+    else:
+        # Spent at once, with no await in between: two requests racing with one state
+        # cannot both get past this point.
+        sealer.spend(pending)
     error = _param(request, "error")
     if error is not None:
         # The user declined (or Amazon failed): say so, whatever the state.
-        if pending is not None:
-            sealer.spend(pending)
         description = _param(request, "error_description")
         words = {
             "access_denied": "Access was not granted at Amazon, so the account was not connected.",
@@ -346,13 +348,11 @@ async def _callback(request: web.Request) -> web.StreamResponse:
             "Amazon's answer named no selling partner, so the account cannot be named.",
         )
     if await _authorized_since(settings.manager, account, pending):
-        sealer.spend(pending)
         return _failure(
             "Authorization link already used",
             "This authorization link has already been used.",
             account=account,
         )
-    sealer.spend(pending)
     try:
         await settings.manager.exchange_code(
             account,
