@@ -38,6 +38,15 @@ def mgr(make_manager: ManagerFactory, emulator: AmazonEmulator) -> at.AsyncToken
     return make_manager(authorization_base_url=emulator.authorization_url)
 
 
+def assert_self_contained(page: str) -> None:
+    """Server-rendered, with no script and no external asset."""
+    assert page.startswith("<!DOCTYPE html>")
+    assert '<html lang="en">' in page
+    assert "<title>" in page
+    for forbidden in ("<script", "<link", "src=", "@import", "url("):
+        assert forbidden not in page
+
+
 def query_of(url: str) -> dict[str, str]:
     return {k: v[0] for k, v in parse_qs(urlsplit(url).query).items()}
 
@@ -109,6 +118,7 @@ async def test_consent_round_trip_stores_the_account_and_shows_a_success_page(
     assert headers["Content-Type"].startswith("text/html")
     assert "Account connected" in body
     assert "acme" in body
+    assert_self_contained(body)
     assert params["code"] not in body
     assert params["state"] not in body
     stored = await mgr.store.load("acme")
@@ -182,6 +192,7 @@ async def test_a_missing_or_forged_state_is_a_400_page_and_nothing_is_stored(
     assert headers["Content-Type"].startswith("text/html")
     assert title in body
     assert 'role="alert"' in body
+    assert_self_contained(body)
     assert "Nothing was saved" in body
     assert params["code"] not in body
     await assert_nothing_stored(mgr, emulator)
@@ -493,6 +504,8 @@ async def test_the_operator_page_lists_every_account_with_a_reauthorize_link(
         assert resp.headers["Referrer-Policy"] == "no-referrer"
         page = await resp.text()
     assert "<caption>3 accounts</caption>" in page
+    assert_self_contained(page)
+    assert 'aria-label="re-authorize acme"' in page
     assert '<th scope="col">State</th>' in page
     assert '<th scope="row">acme</th>' in page
     assert "needs reauth &amp; co" in page

@@ -173,7 +173,8 @@ def accounts_page(rows: Sequence[AccountRow], *, api_name: str, now: float | Non
             f'<th scope="row">{escape(row.account_id)}</th>\n'
             f'<td class="state-{escape(row.state)}">{escape(row.state)}</td>\n'
             f"<td>{expiry}</td>\n<td>{error}</td>\n<td>{authorized}</td>\n"
-            f'<td><a href="{link}">re-authorize</a><br><code>{link}</code></td>\n'
+            f'<td><a href="{link}" aria-label="re-authorize {escape(row.account_id)}">'
+            f"re-authorize</a><br><code>{link}</code></td>\n"
             "</tr>"
         )
     if lines:
