@@ -654,3 +654,27 @@ async def test_two_racing_callbacks_with_one_state_exchange_once(
     assert sorted(status for status, _, _ in answers) == [200, 400, 400, 400, 400]
     assert emulator.token_requests == 1
     assert emulator.code_grants == 1
+
+
+@pytest.mark.parametrize("prefix", ["/amazon", ""])
+async def test_every_response_even_an_error_of_the_router_is_neither_cached_nor_referred(
+    mgr: at.AsyncTokenManager, prefix: str
+) -> None:
+    app = consent_app(mgr, redirect_uri=REDIRECT)
+    client = TestClient(TestServer(app)) if not prefix else None
+    async with contextlib.AsyncExitStack() as stack:
+        if client is None:
+            client = await stack.enter_async_context(serving((prefix, app)))
+        else:
+            await stack.enter_async_context(client)
+        for method, path, status in [
+            ("POST", "/connect", 405),
+            ("GET", "/nowhere", 404),
+            ("GET", "/accounts", 404),
+            ("GET", "/", 200),
+        ]:
+            async with client.request(method, prefix + path, allow_redirects=False) as resp:
+                assert resp.status == status
+                assert resp.headers["Cache-Control"] == "no-store"
+                assert resp.headers["Referrer-Policy"] == "no-referrer"
+                assert resp.headers["X-Content-Type-Options"] == "nosniff"
