@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import os
 import shutil
 import socket
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -172,14 +174,28 @@ async def test_connect_allow_and_land_on_the_success_page(
         assert token.access_token == emulator.current_access_token(emulator.consent_account)
         assert "code=" not in browser.driver.current_url or token.access_token not in page
 
-        await mgr.add_account("globex-eu", emulator.issue_refresh_token("globex-eu"))
+        # More accounts for the operator page: one authorized long ago (where the manager
+        # records authorization dates), one whose refresh token Amazon revoked.
+        refresh_token = emulator.issue_refresh_token("globex-eu")
+        if "authorized_at" in inspect.signature(mgr.add_account).parameters:
+            long_ago = time.time() - 200 * 86400
+            await mgr.add_account("globex-eu", refresh_token, authorized_at=long_ago)
+        else:
+            await mgr.add_account("globex-eu", refresh_token)
+        await mgr.add_account("initech-jp", emulator.issue_refresh_token("initech-jp"))
+        emulator.revoke("initech-jp")
+        with pytest.raises(at.InvalidGrantError):
+            await mgr.get_access_token("initech-jp")
+        await browser.run(browser.driver.set_window_size, 1280, 900)
         await browser.open(f"{origin}/amazon/accounts")
         await browser.wait_for("table")
         operator_page = await browser.text()
         assert "acme-us" in operator_page
         assert "globex-eu" in operator_page
+        assert "needs-reauth" in operator_page
         assert "re-authorize" in operator_page
         await browser.screenshot("operator.png")
+        await browser.run(browser.driver.set_window_size, 1100, 760)
 
 
 async def test_deny_shows_what_happened_and_stores_nothing(

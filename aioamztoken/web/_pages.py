@@ -17,8 +17,8 @@ __all__ = ["AccountRow", "accounts_page", "error_page", "page", "start_page", "s
 _STYLE = """
 :root { color-scheme: light; }
 body { font: 16px/1.5 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif;
-       margin: 0; background: #f6f7f9; color: #1b1f24; }
-main { max-width: 60rem; margin: 3rem auto; padding: 2rem; background: #fff;
+       margin: 0; padding: 0 1.5rem; background: #f6f7f9; color: #1b1f24; }
+main { max-width: 72rem; margin: 3rem auto; padding: 2rem; background: #fff;
        border: 1px solid #d0d7de; border-radius: 8px; }
 h1 { font-size: 1.6rem; margin-top: 0; }
 p.lead { font-size: 1.1rem; }
@@ -38,6 +38,7 @@ caption { text-align: left; font-weight: 600; padding-bottom: .5rem; }
 th, td { text-align: left; padding: .5rem; border-bottom: 1px solid #d0d7de;
          vertical-align: top; }
 th { background: #f6f8fa; }
+th[scope=row] { white-space: nowrap; }
 td code { font-size: .85rem; word-break: break-all; }
 .state-fresh { color: #1a7f37; } .state-needs-reauth, .state-unreadable { color: #cf222e; }
 .muted { color: #57606a; }
@@ -147,6 +148,14 @@ def _age(seconds: float) -> str:
     return f"{seconds} seconds"
 
 
+def _clip(text: str, limit: int = 160) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _ago(seconds: float) -> str:
+    return "just now" if seconds < 60 else f"{_age(seconds)} ago"
+
+
 def accounts_page(rows: Sequence[AccountRow], *, api_name: str, now: float | None = None) -> str:
     """The operator page: one row per account, each with a copyable re-authorize link."""
     now = time.time() if now is None else now
@@ -156,16 +165,18 @@ def accounts_page(rows: Sequence[AccountRow], *, api_name: str, now: float | Non
             expiry = '<span class="muted">no access token yet</span>'
         else:
             left = row.expires_at - now
-            relative = f"in {_age(left)}" if left > 0 else f"{_age(-left)} ago"
+            relative = f"in {_age(left)}" if left > 0 else _ago(-left)
             expiry = f"{_when(row.expires_at)} ({relative})"
         if row.authorized_at is None:
             authorized = '<span class="muted">unknown</span>'
         else:
-            authorized = f"{_age(now - row.authorized_at)} ago ({_when(row.authorized_at)})"
+            authorized = f"{_ago(now - row.authorized_at)} ({_when(row.authorized_at)})"
         if row.reauth_due_at is not None:
             authorized += f"<br>re-authorize by {_when(row.reauth_due_at)}"
         error = (
-            '<span class="muted">none</span>' if row.last_error is None else escape(row.last_error)
+            '<span class="muted">none</span>'
+            if row.last_error is None
+            else escape(_clip(row.last_error))
         )
         link = escape(row.reauthorize_url)
         lines.append(
