@@ -26,7 +26,9 @@ _PATTERNS: tuple[re.Pattern[str], ...] = (
         r"authorization)[\"']?\s*[=:]\s*[\"']?)[^\s\"',;&}]+"
     ),
     # An authorization code travels as a query or form parameter: ?code=… or &code=…
-    re.compile(r"([?&]code=)[^\s\"',;&#]+"),
+    # (SP-API: spapi_oauth_code=…), and so does a consent state of aioamztoken.web.
+    re.compile(r"([?&](?:spapi_oauth_)?code=)[^\s\"',;&#]+"),
+    re.compile(r"([?&]state=)s1\.[^\s\"',;&#]+"),
     re.compile(r"amzn1\.oa2-cs\.v1\.[0-9a-f]+"),
 )
 

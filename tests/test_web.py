@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -678,3 +679,36 @@ async def test_every_response_even_an_error_of_the_router_is_neither_cached_nor_
                 assert resp.headers["Cache-Control"] == "no-store"
                 assert resp.headers["Referrer-Policy"] == "no-referrer"
                 assert resp.headers["X-Content-Type-Options"] == "nosniff"
+
+
+async def test_no_code_state_or_token_reaches_the_logs(
+    mgr: at.AsyncTokenManager, emulator: AmazonEmulator, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level("DEBUG")
+    # aiohttp's access log writes each request line, query string included: the filter
+    # the docs recommend for it masks codes and states.
+    access = logging.getLogger("aiohttp.access")
+    redacting = at.RedactingFilter()
+    access.addFilter(redacting)
+    try:
+        seen = await _round_trips_for_the_logs(mgr)
+    finally:
+        access.removeFilter(redacting)
+    assert any(r.name == "aiohttp.access" for r in caplog.records)
+    stored = await mgr.store.load("acme")
+    assert stored is not None
+    text = "\n".join(r.getMessage() for r in caplog.records)
+    assert "connected" in text  # the app does log what happened
+    for secret in (*seen, stored.access_token, stored.refresh_token, emulator.client_secret):
+        assert secret not in text
+
+
+async def _round_trips_for_the_logs(mgr: at.AsyncTokenManager) -> list[str]:
+    """A success, a refused exchange and a refusal; the codes and states they used."""
+    async with serving(("/amazon", consent_app(mgr, redirect_uri=REDIRECT))) as client:
+        good = await consent(await connect(client, "acme"))
+        assert (await callback(client, good))[0] == 200
+        bad = await consent(await connect(client, "globex"))
+        assert (await callback(client, {**bad, "code": "ANcodeRefused"}))[0] == 502
+        assert (await callback(client, {**bad, "error": "access_denied"}))[0] == 400
+    return [good["code"], good["state"], bad["code"], bad["state"], "ANcodeRefused"]
