@@ -712,3 +712,14 @@ async def _round_trips_for_the_logs(mgr: at.AsyncTokenManager) -> list[str]:
         assert (await callback(client, {**bad, "code": "ANcodeRefused"}))[0] == 502
         assert (await callback(client, {**bad, "error": "access_denied"}))[0] == 400
     return [good["code"], good["state"], bad["code"], bad["state"], "ANcodeRefused"]
+
+
+def test_the_redacting_filter_masks_sp_api_codes_and_consent_states() -> None:
+    from aioamztoken._logging import redact
+
+    line = 'GET /callback?state=s1.abc_DEF-123&selling_partner_id=A1&spapi_oauth_code=ANxyz HTTP/1.1'
+    cleaned = redact(line)
+    assert "ANxyz" not in cleaned
+    assert "s1.abc_DEF-123" not in cleaned
+    assert "selling_partner_id=A1" in cleaned
+    assert redact("state=plain") == "state=plain"  # only a sealed state is masked
