@@ -464,7 +464,9 @@ class RedisTokenStore:
         task.add_done_callback(into.discard)
         return task
 
-    async def _release_after(self, attempt: asyncio.Future[Any], key: bytes, holder: str) -> None:
+    async def _release_after(
+        self, attempt: asyncio.Future[Any], key: bytes, holder: str
+    ) -> None:
         with contextlib.suppress(BaseException):
             await attempt
         await self._release(key, holder)
