@@ -38,6 +38,9 @@ _PATTERNS: tuple[re.Pattern[str], ...] = (
     # are left alone.
     re.compile(r"((?<![\w.-])code=)[^\s\"',;&#]+"),
     re.compile(r"(?i)([\"']code[\"']\s*:\s*[\"'])[^\"']+"),
+    # SP-API's code (spapi_oauth_code=…), and a consent state of aioamztoken.web.
+    re.compile(r"((?<![\w.-])spapi_oauth_code=)[^\s\"',;&#]+"),
+    re.compile(r"((?<![\w.-])state=)s1\.[^\s\"',;&#]+"),
     re.compile(r"amzn1\.oa2-cs\.v1\.[0-9a-f]+"),
 )
 

@@ -198,6 +198,9 @@ def _build_parser() -> argparse.ArgumentParser:
     from ._cli_import import add_import_command
 
     add_import_command(commands)
+    from ._cli_serve import add_serve_parser
+
+    add_serve_parser(commands)
     return parser
 
 
@@ -393,6 +396,10 @@ async def _run(args: argparse.Namespace) -> int:
             return EXIT_OK
         if command == "login":
             return await _login(mgr, args)
+        if command == "serve":
+            from ._cli_serve import serve
+
+            return await serve(mgr, args)
     raise CliError(f"unknown command {command!r}", EXIT_USAGE)  # pragma: no cover
 
 

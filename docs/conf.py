@@ -39,6 +39,8 @@ nitpick_ignore_regex = [
     # Type aliases in signatures (spelled out in the docstrings), and keyring's backend type.
     ("py:class", r"Origins|OnRefresh|OnRefreshError|OnReauthRequired|KeyringBackend"),
     ("py:class", r"OnReauthDue|ClientAuth"),
+    # The consent app (docs/web.rst): its operator alias, its private sealer, aiohttp.web.
+    ("py:class", r"Operator|StateSealer|web\..+"),
 ]
 
 html_theme = "furo"

@@ -14,7 +14,7 @@ from aioamztoken.testing import AmazonEmulator
 
 REQUIRE_SERVICES = os.environ.get("AIOAMZTOKEN_REQUIRE_SERVICES") == "1"
 # "seconduser" needs root (CI has it): there, a skip of the ownership tests is a failure too.
-SERVICE_MARKERS = ("redis", "secretservice", "seconduser")
+SERVICE_MARKERS = ("redis", "secretservice", "seconduser", "browser")
 
 
 @pytest.hookimpl(hookwrapper=True)

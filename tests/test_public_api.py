@@ -103,3 +103,23 @@ def test_contract_signatures() -> None:
     assert url["scope"].default == "advertising::campaign_management"
     assert url["code_challenge"].default is None
     assert {r.value for r in at.Region} == {"na", "eu", "fe"}
+
+
+def test_the_web_consent_app_contract() -> None:
+    import aioamztoken.web as web
+
+    assert web.__all__ == ["SELLER_CENTRAL_URLS", "SETTINGS", "ConsentSettings", "consent_app"]
+    params = inspect.signature(web.consent_app).parameters
+    assert next(iter(params)) == "manager"
+    expected = {
+        "redirect_uri": inspect.Parameter.empty,
+        "api": "ads",
+        "scope": None,
+        "success_url": None,
+        "state_ttl": 600,
+        "operator": None,
+        "application_id": None,
+    }
+    for name, default in expected.items():
+        assert params[name].kind is inspect.Parameter.KEYWORD_ONLY
+        assert params[name].default == default

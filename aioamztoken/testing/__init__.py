@@ -3,7 +3,10 @@
 :class:`AmazonEmulator` is a real aiohttp server on ``127.0.0.1`` (a free port is
 picked). It speaks the LwA token endpoint (``POST /auth/o2/token``), the consent
 page (``GET /ap/oa``) and, on the same origin, an Ads API stand-in that checks
-bearer tokens the way Amazon does. It issues credentials, revokes and expires them,
+bearer tokens the way Amazon does. A browser is shown HTML consent pages with "Allow"
+and "Deny" buttons, for the Ads API (``/ap/oa``) and for SP-API on Seller Central
+(:attr:`AmazonEmulator.seller_central_url`); other clients are approved at once. It
+issues credentials, revokes and expires them,
 injects faults and latency, and counts and records every request, so tests assert
 what reached "Amazon" instead of mocking calls::
 

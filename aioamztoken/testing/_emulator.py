@@ -22,6 +22,7 @@ from urllib.parse import parse_qsl, urlencode
 from aiohttp import hdrs, web
 
 from aioamztoken._lwa import pkce_challenge
+from aioamztoken.testing import _consent
 from aioamztoken.testing._client_auth import ClientAuthPolicy
 
 __all__ = ["AmazonEmulator", "ApiRequestRecord", "DownloadRequestRecord", "TokenRequestRecord"]
@@ -171,7 +172,7 @@ class _ApiCall:
 _ApiEndpoint = Callable[[_ApiCall], Awaitable[web.StreamResponse]]
 
 
-class AmazonEmulator:
+class AmazonEmulator(_consent.ConsentPages):
     """Login with Amazon and the Ads API on a loopback port, with knobs for tests.
 
     Options (all keyword-only) and their defaults:
@@ -371,6 +372,7 @@ class AmazonEmulator:
         app = web.Application()
         app.router.add_route("*", TOKEN_PATH, self._handle_token_request)
         app.router.add_route("*", AUTHORIZATION_PATH, self._handle_consent)
+        _consent.add_consent_routes(self, app)
         # Ads API endpoints with behaviour of their own, registered through
         # _add_api_route so that each is authenticated, fault-injected and logged alike.
         # Add new ones here, before the catch-all.
@@ -413,6 +415,11 @@ class AmazonEmulator:
     def authorization_url(self) -> str:
         """The consent page (``base_url + "/ap/oa"``)."""
         return self.base_url + AUTHORIZATION_PATH
+
+    @property
+    def seller_central_url(self) -> str:
+        """Seller Central's SP-API consent page (``base_url + "/apps/authorize/consent"``)."""
+        return self.base_url + _consent.SELLER_CENTRAL_PATH
 
     @property
     def api_url(self) -> str:
@@ -745,6 +752,9 @@ class AmazonEmulator:
     # -- consent page ------------------------------------------------------------------
 
     async def _handle_consent(self, request: web.Request) -> web.StreamResponse:
+        page = await _consent.ads_consent(self, request)
+        if page is not None:  # the HTML page, or the decision posted from it
+            return page
         if request.method not in (hdrs.METH_GET, hdrs.METH_HEAD):
             return web.Response(status=405, headers={hdrs.ALLOW: hdrs.METH_GET})
         query = dict(request.query)
