@@ -10,7 +10,7 @@ stripped when the origin changes. An ``x-amz-access-token`` (and the Amazon head
 would ride along to a pre-signed S3 URL. So every header this adapter adds is taken
 off the request again as soon as its body has been sent: a redirect hop that httpx
 builds afterwards carries none of them, whatever its origin, and a response whose
-``history`` shows a redirect is handed back as it is.
+to a redirect hop is handed back as it is.
 """
 
 from __future__ import annotations
@@ -121,10 +121,17 @@ class _HttpxAuthBase(httpx.Auth):
         return isinstance(stream, httpx.ByteStream)
 
     def _verdict(
-        self, response: httpx.Response, token: str, guard: object, *, retried: bool, stream: object
+        self,
+        request: httpx.Request,
+        response: httpx.Response,
+        token: str,
+        guard: object,
+        *,
+        retried: bool,
+        stream: object,
     ) -> Verdict:
-        if response.history:
-            return Verdict.RETURN  # a redirect hop answered: not our signed request
+        if response.request is not request:
+            return Verdict.RETURN  # a redirect hop answered: not the request we signed
         from ._signing import RejectionGuard
 
         assert isinstance(guard, RejectionGuard)
@@ -198,16 +205,16 @@ class AsyncHttpxAuth(_HttpxAuthBase):
         response = yield request
         if self._policy.needs_body(response.status_code):
             await response.aread()
-        if self._verdict(response, token, source.guard, retried=False, stream=stream) is not (
-            Verdict.RETRY
-        ):
+        if self._verdict(
+            request, response, token, source.guard, retried=False, stream=stream
+        ) is not (Verdict.RETRY):
             return
         token = await source.refresh_if_current(token)
         self._sign(request, token, stream)
         response = yield request
         if self._policy.needs_body(response.status_code):
             await response.aread()
-        self._verdict(response, token, source.guard, retried=True, stream=stream)
+        self._verdict(request, response, token, source.guard, retried=True, stream=stream)
 
 
 class SyncHttpxAuth(_HttpxAuthBase):
@@ -262,13 +269,13 @@ class SyncHttpxAuth(_HttpxAuthBase):
         response = yield request
         if self._policy.needs_body(response.status_code):
             response.read()
-        if self._verdict(response, token, source.guard, retried=False, stream=stream) is not (
-            Verdict.RETRY
-        ):
+        if self._verdict(
+            request, response, token, source.guard, retried=False, stream=stream
+        ) is not (Verdict.RETRY):
             return
         token = source.refresh_if_current(token)
         self._sign(request, token, stream)
         response = yield request
         if self._policy.needs_body(response.status_code):
             response.read()
-        self._verdict(response, token, source.guard, retried=True, stream=stream)
+        self._verdict(request, response, token, source.guard, retried=True, stream=stream)
