@@ -418,3 +418,70 @@ async def test_sp_api_is_signed_only_on_its_own_origins_by_default(
     assert answer.status == 403  # the emulator is not a real SP-API origin: no token sent
     assert "x-amz-access-token" not in emulator.spapi_log[-1].headers
     assert emulator.token_requests == 0
+
+
+# -- the contract -----------------------------------------------------------------------
+
+
+def test_the_adapter_factories_keep_the_contracts_signature() -> None:
+    import inspect
+
+    expected = {
+        "api": "ads",
+        "profile_id": None,
+        "ads_account_id": None,
+        "manager_account_id": None,
+        "origins": None,
+    }
+    for method in (
+        at.AsyncTokenManager.middleware,
+        at.AsyncTokenManager.httpx_auth,
+        at.BlockingTokenManager.httpx_auth,
+        at.BlockingTokenManager.requests_auth,
+    ):
+        params = inspect.signature(method).parameters
+        assert list(params)[:2] == ["self", "account_id"], method
+        for name, default in expected.items():
+            assert params[name].kind is inspect.Parameter.KEYWORD_ONLY, (method, name)
+            assert params[name].default == default, (method, name)
+    for method in (
+        at.AsyncTokenManager.grantless_middleware,
+        at.AsyncTokenManager.grantless_httpx_auth,
+    ):
+        params = inspect.signature(method).parameters
+        assert list(params) == ["self", "scope", "origins"]
+        assert params["origins"].default is None
+
+
+async def test_a_blocking_httpx_auth_refuses_an_async_client(emulator: AmazonEmulator) -> None:
+    manager = await _blocking_manager(emulator)
+    try:
+        auth = manager.httpx_auth(ACCOUNT, origins=[emulator.api_url])
+        async with httpx.AsyncClient(auth=auth) as http:
+            with pytest.raises(TypeError, match="AsyncTokenManager"):
+                await http.get(f"{emulator.api_url}/v2/profiles")
+        assert isinstance(auth, httpx.Auth)
+        assert auth.allows(f"{emulator.api_url}/x")
+        assert not auth.allows(emulator.download_url)
+        assert "Atza|" not in repr(auth)
+        requests_auth = manager.requests_auth(ACCOUNT, api="sp-api")
+        assert requests_auth.origins[0].startswith("https://sandbox.sellingpartnerapi")
+        assert requests_auth.allows("https://sellingpartnerapi-eu.amazon.com/orders/v0/orders")
+        assert "Atza|" not in repr(requests_auth)
+    finally:
+        await asyncio.to_thread(manager.close)
+
+
+async def test_an_sp_api_middleware_refuses_ads_headers(
+    emulator: AmazonEmulator, make_manager: ManagerFactory
+) -> None:
+    mgr = await _async_manager(emulator, make_manager)
+    with pytest.raises(ValueError, match="Ads API headers"):
+        mgr.middleware(ACCOUNT, api="sp-api", profile_id=1)
+    with pytest.raises(ValueError, match="api must be one of"):
+        mgr.httpx_auth(ACCOUNT, api="mws")
+    middleware = mgr.middleware(ACCOUNT, api="sp-api")
+    assert middleware.api == "sp-api"
+    assert "https://sellingpartnerapi-na.amazon.com" in middleware.origins
+    assert middleware.account_id == ACCOUNT
+    assert middleware.profile_id is None
