@@ -433,6 +433,17 @@ class BlockingTokenManager:
             redirect_uri=redirect_uri, state=state, scope=scope, code_challenge=code_challenge
         )
 
+    def get_grantless_token(self, scope: str) -> str:
+        """A ``client_credentials`` token for ``scope``, as
+        :meth:`AsyncTokenManager.get_grantless_token`; a fresh cached one costs no hop."""
+        if _get_running_loop() is not None:
+            self._check_caller()
+        grantless = getattr(self._manager, "_grantless", None)
+        cached: str | None = grantless.cached(scope) if grantless is not None else None
+        if cached is not None:
+            return cached
+        return self._call("get_grantless_token", lambda m: m.get_grantless_token(scope))
+
     # ------------------------------------------------------------------ HTTP clients
 
     def token_source(self, account_id: str) -> BlockingAccountTokenSource:

@@ -1,7 +1,8 @@
-"""httpx adapters: ``httpx.Auth`` flows over :mod:`aioamztoken._signing`.
+"""httpx adapters: ``httpx.Auth`` flows over ``aioamztoken._signing``.
 
 Needs the ``httpx`` extra (``pip install aioamztoken[httpx]``); this module is imported
-only by :meth:`AsyncTokenManager.httpx_auth` and :meth:`BlockingTokenManager.httpx_auth`.
+only by :meth:`~aioamztoken.AsyncTokenManager.httpx_auth` and
+:meth:`~aioamztoken.BlockingTokenManager.httpx_auth`.
 
 How httpx 0.28 behaves (checked against its source): the auth flow runs once per
 ``client.send()``; redirects are followed *inside* one step of the flow, without the
@@ -150,12 +151,12 @@ class _HttpxAuthBase(httpx.Auth):
 class AsyncHttpxAuth(_HttpxAuthBase):
     """An ``httpx.Auth`` for ``httpx.AsyncClient``: an account's or a grantless token.
 
-    Build it with :meth:`AsyncTokenManager.httpx_auth` or
-    :meth:`AsyncTokenManager.grantless_httpx_auth`; pass it as ``AsyncClient(auth=...)``
-    or per request. Same headers, origins, retry and cooldown rules as
+    Build it with :meth:`~aioamztoken.AsyncTokenManager.httpx_auth` or
+    :meth:`~aioamztoken.AsyncTokenManager.grantless_httpx_auth`; pass it as
+    ``AsyncClient(auth=...)`` or per request. Same headers, origins, retry and cooldown rules as
     :class:`~aioamztoken.AdsApiMiddleware`. A body httpx streams (an iterator, a file)
     is not sent twice: the rejection is returned. Used with a sync ``httpx.Client`` it
-    raises an error pointing to :meth:`BlockingTokenManager.httpx_auth`.
+    raises an error pointing to :meth:`~aioamztoken.BlockingTokenManager.httpx_auth`.
 
     Concurrency: any number of concurrent requests on the manager's event loop.
     """
@@ -218,9 +219,9 @@ class AsyncHttpxAuth(_HttpxAuthBase):
 
 
 class SyncHttpxAuth(_HttpxAuthBase):
-    """An ``httpx.Auth`` for a sync ``httpx.Client``, fed by a :class:`BlockingTokenManager`.
+    """An ``httpx.Auth`` for a sync ``httpx.Client``, fed by a blocking manager.
 
-    Build it with :meth:`BlockingTokenManager.httpx_auth`. Same rules as
+    Build it with :meth:`~aioamztoken.BlockingTokenManager.httpx_auth`. Same rules as
     :class:`AsyncHttpxAuth`. Concurrency: safe to share between threads.
     """
 

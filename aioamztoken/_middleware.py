@@ -61,10 +61,11 @@ def normalize_origin(origin: str | URL) -> tuple[str, str]:
 class AdsApiMiddleware:
     """An aiohttp client middleware that signs requests to Amazon API origins.
 
-    Build it with :meth:`AsyncTokenManager.middleware` (an account's token, Ads API or
-    SP-API) or :meth:`AsyncTokenManager.grantless_middleware` (a grantless SP-API token)
-    and pass it to ``aiohttp.ClientSession(middlewares=[...])`` (or per request). The
-    decisions are :class:`~aioamztoken._signing.SigningPolicy`'s; this only moves bytes.
+    Build it with :meth:`~aioamztoken.AsyncTokenManager.middleware` (an account's token,
+    Ads API or SP-API) or :meth:`~aioamztoken.AsyncTokenManager.grantless_middleware` (a
+    grantless SP-API token) and pass it to ``aiohttp.ClientSession(middlewares=[...])``
+    (or per request). The decisions are those of
+    :class:`~aioamztoken._signing.SigningPolicy`; this only moves bytes.
 
     - For a request to an allowed origin it sets the token header (``Authorization:
       Bearer <token>`` for ``api="ads"``, ``x-amz-access-token`` for ``api="sp-api"``)

@@ -1,7 +1,7 @@
-"""The requests adapter: a ``requests.auth.AuthBase`` over :mod:`aioamztoken._signing`.
+"""The requests adapter: a ``requests.auth.AuthBase`` over ``aioamztoken._signing``.
 
 Needs the ``requests`` extra (``pip install aioamztoken[requests]``); imported only by
-:meth:`BlockingTokenManager.requests_auth`.
+:meth:`~aioamztoken.BlockingTokenManager.requests_auth`.
 
 How requests 2.x behaves (checked against its source): the auth runs once, when the
 request is prepared; the response hooks it registers run for every response of the
@@ -31,9 +31,9 @@ _SIGNED = "_aioamztoken_signed"
 
 
 class RequestsAuth(AuthBase):
-    """A ``requests`` auth for an account's token, fed by a :class:`BlockingTokenManager`.
+    """A ``requests`` auth for an account's token, fed by a blocking manager.
 
-    Build it with :meth:`BlockingTokenManager.requests_auth`; pass it as
+    Build it with :meth:`~aioamztoken.BlockingTokenManager.requests_auth`; pass it as
     ``session.auth = ...`` or ``requests.get(url, auth=...)``. Same headers, origins,
     retry and cooldown rules as :class:`~aioamztoken.AdsApiMiddleware`. A body that is
     bytes, text or a seekable file (rewound) is sent again after a refresh; a generator

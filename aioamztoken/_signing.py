@@ -294,7 +294,7 @@ class SigningPolicy:
         return f"<SigningPolicy api={self.api!r} origins={list(self.origins)}>"
 
     def token_value(self, access_token: str) -> str:
-        """The value of :attr:`token_header` for ``access_token``."""
+        """The value of the token header (``token_header``) for ``access_token``."""
         cached = self._token_value
         if cached[0] is not access_token:
             value = access_token if self.api == "sp-api" else "Bearer " + access_token
@@ -377,7 +377,7 @@ class RejectionGuard:
     After a refresh, the retried request carries the new token. If that is rejected as
     well, refreshing again would not help (the API refuses every token: a revoked
     permission, a wrong client id): further rejections of that same token are returned
-    at once, for :attr:`cooldown` seconds. A newer token (the background refresh when it
+    at once, for ``cooldown`` seconds. A newer token (the background refresh when it
     falls due, or another process's) is never blocked. One per account or scope; the
     state is a single tuple, so threads may share it.
     """

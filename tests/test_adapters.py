@@ -362,7 +362,7 @@ async def test_sp_api_headers_on_the_wire(
     assert headers["x-amz-access-token"] == _current(emulator)
     assert "authorization" not in headers
     assert not {"amazon-advertising-api-clientid", "amazon-ads-clientid"} & set(headers)
-    assert answer.json()["account_id"] == ACCOUNT
+    assert answer.json()["payload"]["account_id"] == ACCOUNT
 
 
 async def test_a_restricted_data_token_is_left_alone(

@@ -81,7 +81,7 @@ async def test_grantless_middleware_signs_grantless_operations(
     async with aiohttp.ClientSession(middlewares=[middleware]) as http:
         async with http.get(f"{emulator.spapi_url}/notifications/v1/destinations") as resp:
             assert resp.status == 200
-            body = await resp.json()
+            body = (await resp.json())["payload"]
         assert body["scope"] == NOTIFICATIONS
         assert "Authorization" not in body["headers"]
         # Expired: Amazon's 403 is answered with one token request and one retry.

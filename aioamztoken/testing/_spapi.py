@@ -13,7 +13,8 @@ Mixed into :class:`~aioamztoken.testing.AmazonEmulator`:
   (``POST /tokens/2021-03-01/restrictedDataToken`` or
   :meth:`~SpApiEmulation.issue_restricted_data_token`) are accepted in the same header.
   Grantless paths (``/notifications/v1/destinations``...) take only a grantless token
-  of their scope.
+  of their scope. Any other path answers 200 with ``{"payload": {...}}`` echoing the
+  method, path, headers, body, account and grantless scope of the request.
 - ``grant_type=client_credentials`` with a ``scope`` on the token endpoint: an access
   token and no refresh token; an unknown scope is ``400 invalid_scope``.
 - ``/adsApi/...`` on the Ads API origin (the unified Ads API): besides the bearer and
@@ -216,14 +217,17 @@ class SpApiEmulation:
             rdt = self.issue_restricted_data_token(account_id)
             response = web.json_response({"restrictedDataToken": rdt, "expiresIn": 3600})
         else:
+            # Amazon wraps v0 answers in "payload"; this echo does the same.
             response = web.json_response(
                 {
-                    "method": request.method,
-                    "path": request.path,
-                    "headers": dict(request.headers),
-                    "body": body.decode("utf-8", "replace"),
-                    "account_id": account_id,
-                    "scope": scope,
+                    "payload": {
+                        "method": request.method,
+                        "path": request.path,
+                        "headers": dict(request.headers),
+                        "body": body.decode("utf-8", "replace"),
+                        "account_id": account_id,
+                        "scope": scope,
+                    }
                 }
             )
         with self._lock:
