@@ -31,31 +31,50 @@ class WrongClientError(EventLoopError, TypeError):
     """An httpx auth was used with the other kind of client (sync vs async)."""
 
 
-class _Unsigning(httpx.SyncByteStream, httpx.AsyncByteStream):
-    """A request body that takes our headers off the request once it has been sent."""
+class _Unsigning:
+    """Takes our headers off the request once its body has been sent (see the module)."""
 
     def __init__(self, inner: object, request: httpx.Request, names: tuple[str, ...]) -> None:
         self._inner = inner
         self._request = request
         self._names = names
 
-    def _strip(self) -> None:
+    def strip(self) -> None:
         headers = self._request.headers
         for name in self._names:
             headers.pop(name, None)
 
+
+class _UnsigningSync(_Unsigning, httpx.SyncByteStream):
     def __iter__(self) -> Iterator[bytes]:
         inner = self._inner
         assert isinstance(inner, httpx.SyncByteStream)
         yield from inner
-        self._strip()
+        self.strip()
 
+
+class _UnsigningAsync(_Unsigning, httpx.AsyncByteStream):
     async def __aiter__(self) -> AsyncIterator[bytes]:
         inner = self._inner
         assert isinstance(inner, httpx.AsyncByteStream)
         async for chunk in inner:
             yield chunk
-        self._strip()
+        self.strip()
+
+
+class _UnsigningBoth(_UnsigningSync, _UnsigningAsync):
+    """For a body that is both (bytes: ``httpx.ByteStream``)."""
+
+
+def _unsigning(inner: object, request: httpx.Request, names: tuple[str, ...]) -> object:
+    sync = isinstance(inner, httpx.SyncByteStream)
+    if sync and isinstance(inner, httpx.AsyncByteStream):
+        return _UnsigningBoth(inner, request, names)
+    if sync:
+        return _UnsigningSync(inner, request, names)
+    if isinstance(inner, httpx.AsyncByteStream):
+        return _UnsigningAsync(inner, request, names)
+    return inner  # pragma: no cover - httpx always makes one of the two
 
 
 class _HttpxAuthBase(httpx.Auth):
@@ -115,7 +134,7 @@ class _HttpxAuthBase(httpx.Auth):
             if name not in headers:
                 headers[name] = value
                 added.append(name)
-        request.stream = _Unsigning(stream, request, tuple(added))
+        request.stream = _unsigning(stream, request, tuple(added))  # type: ignore[assignment]
 
     @staticmethod
     def _replayable(stream: object) -> bool:

@@ -9,6 +9,7 @@ token that a refresh did not cure is known to all of them.
 
 from __future__ import annotations
 
+import collections
 import threading
 import weakref
 from typing import TYPE_CHECKING
@@ -22,22 +23,29 @@ if TYPE_CHECKING:
 __all__ = ["AccountTokenSource", "BlockingAccountTokenSource", "shared_guard"]
 
 _guards_lock = threading.Lock()
-# owner (a manager) -> key (an account id or "scope:...") -> guard; weak both ways, so
-# that neither a closed manager nor a forgotten account keeps state here.
-_guards: weakref.WeakKeyDictionary[object, weakref.WeakValueDictionary[str, RejectionGuard]] = (
+#: Guards kept per manager, the least recently used dropped beyond this: forgetting one
+#: costs at most one more refresh for an uncured rejection, never a wrong answer.
+MAX_GUARDS = 4096
+# owner (a manager, weakly: a closed one keeps nothing here) -> key (an account id, or
+# "grantless <scope>") -> guard, most recently used last.
+_guards: weakref.WeakKeyDictionary[object, collections.OrderedDict[str, RejectionGuard]] = (
     weakref.WeakKeyDictionary()
 )
 
 
 def shared_guard(owner: object, key: str) -> RejectionGuard:
-    """The guard of ``key`` under ``owner``, created on first use; alive while used."""
+    """The guard of ``key`` under ``owner``, created on first use (bounded LRU)."""
     with _guards_lock:
         by_key = _guards.get(owner)
         if by_key is None:
-            by_key = _guards[owner] = weakref.WeakValueDictionary()
+            by_key = _guards[owner] = collections.OrderedDict()
         guard = by_key.get(key)
         if guard is None:
             guard = by_key[key] = RejectionGuard()
+            if len(by_key) > MAX_GUARDS:
+                by_key.popitem(last=False)
+        else:
+            by_key.move_to_end(key)
         return guard
 
 

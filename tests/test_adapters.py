@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import io
 import json
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
@@ -485,3 +486,55 @@ async def test_an_sp_api_middleware_refuses_ads_headers(
     assert "https://sellingpartnerapi-na.amazon.com" in middleware.origins
     assert middleware.account_id == ACCOUNT
     assert middleware.profile_id is None
+
+
+async def test_a_seekable_file_body_is_rewound_and_sent_again_where_the_client_allows(
+    emulator: AmazonEmulator, make_client: Callable[..., Client]
+) -> None:
+    client = make_client(origins=[emulator.api_url])
+    emulator.reset_counters()
+    emulator.api_fail_next(1, status=401)
+    if client.kind == "httpx":
+        # httpx.AsyncClient refuses a sync file body by itself: its error comes through.
+        with pytest.raises(RuntimeError, match="sync request with an AsyncClient"):
+            await client.send("POST", f"{emulator.api_url}/echo", body=io.BytesIO(b"12"))
+        return
+    answer = await client.send("POST", f"{emulator.api_url}/echo", body=lambda: io.BytesIO(b"12"))
+    # httpx streams a file body (it cannot be sent twice); the others rewind it.
+    if client.kind == "httpx-sync":
+        assert (answer.status, emulator.refresh_grants) == (401, 0)
+    else:
+        assert answer.status == 200
+        assert answer.json()["body"] == "12"
+        assert emulator.refresh_grants == 1
+
+
+async def test_a_redirect_within_the_allowed_origins(
+    emulator: AmazonEmulator, make_client: Callable[..., Client]
+) -> None:
+    client = make_client(origins=[emulator.api_url])
+    emulator.reset_counters()
+    target = f"{emulator.api_url}/echo"
+    answer = await client.send("GET", f"{emulator.api_url}/emulator/redirect?to={target}")
+    if client.kind in ("httpx", "httpx-sync"):
+        # httpx follows redirects without the auth: the hop goes unsigned, and its 401
+        # is returned as it is (no refresh: it was not the request the auth signed).
+        assert answer.status == 401
+        assert emulator.token_requests == 0
+    else:
+        assert answer.status == 200
+        assert answer.json()["headers"]["Authorization"].startswith("Bearer ")
+
+
+def test_guards_are_bounded_per_manager() -> None:
+    from aioamztoken._sources import MAX_GUARDS, shared_guard
+
+    class Owner:
+        pass
+
+    owner = Owner()
+    first = shared_guard(owner, "a0")
+    assert shared_guard(owner, "a0") is first
+    for n in range(1, MAX_GUARDS + 1):
+        shared_guard(owner, f"a{n}")
+    assert shared_guard(owner, "a0") is not first  # the least recently used was dropped
