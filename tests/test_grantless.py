@@ -154,3 +154,44 @@ async def test_an_async_httpx_auth_refuses_a_sync_client(
     with httpx.Client(auth=auth) as http, pytest.raises(TypeError, match="BlockingTokenManager"):
         http.get(f"{emulator.spapi_url}/notifications/v1/destinations")
     assert emulator.spapi_requests == 0
+
+
+async def test_a_due_token_is_served_at_once_while_it_is_refreshed(
+    emulator: AmazonEmulator, make_manager: ManagerFactory
+) -> None:
+    emulator.token_lifetime = 3.0
+    mgr = make_manager(auto_refresh=False)  # no timer: the caller's read starts the refresh
+    first = await mgr.get_grantless_token(NOTIFICATIONS)
+    await asyncio.sleep(1.6)  # inside the refresh buffer (half the lifetime), still valid
+    emulator.latency = 0.5
+    started = time.monotonic()
+    assert await mgr.get_grantless_token(NOTIFICATIONS) == first
+    assert time.monotonic() - started < 0.4  # did not wait for the token request
+    deadline = time.monotonic() + 15
+    while emulator.client_credentials_grants_for(NOTIFICATIONS) < 2:
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.05)
+    await asyncio.sleep(0.05)
+    assert await mgr.get_grantless_token(NOTIFICATIONS) != first
+
+
+async def test_closing_while_a_grantless_token_is_fetched_fails_the_waiting_callers(
+    emulator: AmazonEmulator, make_manager: ManagerFactory
+) -> None:
+    emulator.latency = 5.0
+    mgr = make_manager()
+    waiting = asyncio.ensure_future(mgr.get_grantless_token(NOTIFICATIONS))
+    while emulator.in_flight == 0:
+        await asyncio.sleep(0.01)
+    await mgr.aclose()
+    with pytest.raises(at.ManagerClosedError):
+        await waiting
+
+
+@pytest.mark.parametrize("scope", ["", "   ", "a\nb", "a\rb"])
+async def test_bad_scopes_are_refused(make_manager: ManagerFactory, scope: str) -> None:
+    mgr = make_manager()
+    with pytest.raises(ValueError, match="scope"):
+        await mgr.get_grantless_token(scope)
+    with pytest.raises(ValueError, match="scope"):
+        mgr.grantless_middleware(scope)
