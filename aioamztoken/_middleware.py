@@ -28,10 +28,11 @@ from typing import Any
 
 import aiohttp
 from aiohttp import ClientHandlerType, ClientRequest, ClientResponse
-from multidict import CIMultiDict
+from multidict import CIMultiDict, istr
 from yarl import URL
 
 from ._signing import (
+    UNIFIED_PREFIX,
     AsyncTokenSource,
     SigningPolicy,
     Verdict,
@@ -105,7 +106,17 @@ class AdsApiMiddleware:
     manager's event loop; not thread-safe.
     """
 
-    __slots__ = ("_policy", "_source")
+    __slots__ = (
+        "_cached",
+        "_classic",
+        "_hosts",
+        "_policy",
+        "_rdt",
+        "_source",
+        "_statuses",
+        "_token_header",
+        "_unified",
+    )
 
     def __init__(
         self,
@@ -118,7 +129,7 @@ class AdsApiMiddleware:
         origins: Origins | None = None,
     ) -> None:
         self._source = source
-        self._policy = SigningPolicy(
+        policy = self._policy = SigningPolicy(
             api,
             source.client_id,
             profile_id=profile_id,
@@ -126,6 +137,15 @@ class AdsApiMiddleware:
             manager_account_id=manager_account_id,
             origins=origins,
         )
+        # The policy's answers, computed once, in the forms aiohttp's hot path likes best
+        # (istr keys, a bound method, a dict): what to do stays the policy's decision.
+        self._hosts = policy.origins.table
+        self._rdt = policy.leaves_alone(True)
+        self._token_header = istr(policy.token_header)
+        self._classic = tuple((istr(n), v) for n, v in policy.headers(""))
+        self._unified = tuple((istr(n), v) for n, v in policy.headers(UNIFIED_PREFIX))
+        self._statuses = frozenset(s for s in (401, 403) if s == 401 or policy.needs_body(s))
+        self._cached = source.cached
 
     def __repr__(self) -> str:
         return (
@@ -160,27 +180,26 @@ class AdsApiMiddleware:
         return self._policy.origins.allows(url.scheme, url.host_port_subcomponent)
 
     def _sign(self, headers: CIMultiDict[str], path: str, access_token: str) -> None:
-        policy = self._policy
-        headers[policy.token_header] = policy.token_value(access_token)
-        for name, value in policy.headers(path):
+        headers[self._token_header] = self._policy.token_value(access_token)
+        for name, value in self._unified if path.startswith(UNIFIED_PREFIX) else self._classic:
             if name not in headers:
                 headers[name] = value
 
     async def __call__(self, request: ClientRequest, handler: ClientHandlerType) -> ClientResponse:
         # The hot path: a dict hit, a cache read and a few header writes.
         url = request.url
-        policy = self._policy
-        if not policy.origins.allows(url.scheme, url.host_port_subcomponent) or (
-            policy.leaves_alone(policy.token_header in request.headers)
+        schemes = self._hosts.get(url.host_port_subcomponent)
+        if (
+            schemes is None
+            or url.scheme not in schemes
+            or (self._rdt and self._token_header in request.headers)
         ):
             return await handler(request)
-        source = self._source
         # The synchronous cache read spares a coroutine per request when the token is fresh.
-        access_token = source.cached() or await source.fetch()
+        access_token = self._cached() or await self._source.fetch()
         self._sign(request.headers, url.raw_path, access_token)
         response = await handler(request)
-        status = response.status
-        if status != 401 and not policy.needs_body(status):
+        if response.status not in self._statuses:
             return response
         return await self._rejected(request, handler, response, access_token)
 

@@ -65,14 +65,6 @@ class RequestsAuth(AuthBase):
     def __repr__(self) -> str:
         return f"<RequestsAuth api={self.api!r} origins={self.origins}>"
 
-    def __eq__(self, other: object) -> bool:
-        return self is other
-
-    def __ne__(self, other: object) -> bool:
-        return self is not other
-
-    __hash__ = object.__hash__
-
     @property
     def api(self) -> str:
         """``"ads"`` or ``"sp-api"``: which headers are sent."""

@@ -153,6 +153,11 @@ class OriginSet:
             key: frozenset(schemes) for key, schemes in by_host.items()
         }
 
+    @property
+    def table(self) -> dict[str | None, frozenset[str]]:
+        """``host[:port]`` -> schemes: what the adapters' hot paths look up (do not modify)."""
+        return self._by_host
+
     def allows(self, scheme: str, key: str | None) -> bool:
         """True for ``scheme`` and a ``host[:port]`` key made by :func:`host_port`."""
         schemes = self._by_host.get(key)

@@ -10,8 +10,10 @@ token that a refresh did not cure is known to all of them.
 from __future__ import annotations
 
 import collections
+import functools
 import threading
 import weakref
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from ._signing import RejectionGuard
@@ -52,7 +54,7 @@ def shared_guard(owner: object, key: str) -> RejectionGuard:
 class AccountTokenSource:
     """An account's tokens from an :class:`AsyncTokenManager`, for async adapters."""
 
-    __slots__ = ("_account_id", "_manager", "client_id", "guard")
+    __slots__ = ("_account_id", "_manager", "cached", "client_id", "guard")
 
     def __init__(self, manager: AsyncTokenManager, account_id: str) -> None:
         if not account_id:
@@ -61,13 +63,15 @@ class AccountTokenSource:
         self._account_id = account_id
         self.client_id = manager.client_id
         self.guard = shared_guard(manager, account_id)
+        #: The fresh cached token or ``None``: one C-level partial over the manager's read,
+        #: since every signed request makes this call.
+        self.cached: Callable[[], str | None] = functools.partial(
+            manager.cached_access_token, account_id
+        )
 
     @property
     def account_id(self) -> str:
         return self._account_id
-
-    def cached(self) -> str | None:
-        return self._manager.cached_access_token(self._account_id)
 
     async def fetch(self) -> str:
         return await self._manager.get_access_token(self._account_id)

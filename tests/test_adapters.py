@@ -538,3 +538,14 @@ def test_guards_are_bounded_per_manager() -> None:
     for n in range(1, MAX_GUARDS + 1):
         shared_guard(owner, f"a{n}")
     assert shared_guard(owner, "a0") is not first  # the least recently used was dropped
+
+
+async def test_a_failed_refresh_raises_its_typed_error_from_the_request(
+    emulator: AmazonEmulator, make_client: Callable[..., Client]
+) -> None:
+    client = make_client(api="sp-api", origins=[emulator.spapi_url])
+    emulator.revoke(ACCOUNT)  # its token is refused, and so is its refresh token
+    with pytest.raises(at.InvalidGrantError):
+        await client.send("GET", f"{emulator.spapi_url}/orders/v0/orders")
+    assert [r.status for r in emulator.spapi_log] == [403]
+    assert emulator.token_log[-1].grant_type == "refresh_token"
