@@ -24,7 +24,7 @@ import logging
 import time
 from collections.abc import Sequence
 from types import SimpleNamespace
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import aiohttp
 from aiohttp import ClientHandlerType, ClientRequest, ClientResponse
@@ -41,6 +41,9 @@ from ._signing import (
 from ._signing import (
     normalize_origin as _normalize_origin,
 )
+
+if TYPE_CHECKING:
+    from ._manager import AsyncTokenManager
 
 __all__ = ["AdsApiMiddleware", "AdsApiTraceConfig", "middleware_logger", "normalize_origin"]
 
@@ -120,7 +123,8 @@ class AdsApiMiddleware:
 
     def __init__(
         self,
-        source: AsyncTokenSource,
+        source: AsyncTokenSource | AsyncTokenManager,
+        account_id: str | None = None,
         *,
         api: str = "ads",
         profile_id: str | int | None = None,
@@ -128,6 +132,13 @@ class AdsApiMiddleware:
         manager_account_id: str | None = None,
         origins: Origins | None = None,
     ) -> None:
+        if account_id is not None:
+            # The older spelling, AdsApiMiddleware(manager, account_id, ...).
+            manager = cast("AsyncTokenManager", source)
+            source = manager.token_source(account_id)
+        elif not hasattr(source, "fetch"):
+            raise TypeError("pass a token source, or a manager and an account_id")
+        source = cast("AsyncTokenSource", source)
         self._source = source
         policy = self._policy = SigningPolicy(
             api,

@@ -549,3 +549,17 @@ async def test_a_failed_refresh_raises_its_typed_error_from_the_request(
         await client.send("GET", f"{emulator.spapi_url}/orders/v0/orders")
     assert [r.status for r in emulator.spapi_log] == [403]
     assert emulator.token_log[-1].grant_type == "refresh_token"
+
+
+async def test_the_middleware_still_takes_a_manager_and_an_account(
+    emulator: AmazonEmulator, make_manager: ManagerFactory
+) -> None:
+    mgr = await _async_manager(emulator, make_manager)
+    middleware = at.AdsApiMiddleware(mgr, ACCOUNT, profile_id=5, origins=[emulator.api_url])
+    async with (
+        aiohttp.ClientSession(middlewares=[middleware]) as http,
+        http.get(f"{emulator.api_url}/echo") as resp,
+    ):
+        assert (await resp.json())["headers"]["Amazon-Advertising-API-Scope"] == "5"
+    with pytest.raises(TypeError):
+        at.AdsApiMiddleware(mgr)  # type: ignore[arg-type]
