@@ -9,12 +9,15 @@ What Amazon documents (checked against its public docs and trackers):
 - **Ads API** (classic, v2/v3 paths): ``Authorization: Bearer <access token>``, the
   application's client id in ``Amazon-Advertising-API-ClientId`` and the profile id in
   ``Amazon-Advertising-API-Scope`` ("OAuth Flow in Amazon Ads API", AWS solutions docs
-  for the Amazon Marketing Cloud uploader). Newer APIs take the advertiser account in
-  ``Amazon-Ads-AccountId`` and the manager account in ``Amazon-Ads-Manager-AccountId``
-  (Amazon's Postman environment for the Ads API carries ``manager_account_id``).
-  A rejected token is answered 401.
+  for the Amazon Marketing Cloud uploader; Amazon's "retrieve profiles" guide). Newer
+  APIs accept the global advertising account (``amzn1.ads-account.g.…``) in
+  ``Amazon-Ads-AccountId`` instead of a profile (an Amazon Ads maintainer in
+  amzn/ads-advanced-tools-docs#182); the manager account goes in
+  ``Amazon-Ads-Manager-AccountId``. A rejected token is answered 401.
 - **Unified Ads API** (paths under ``/adsApi/``): the same bearer, and the client id
-  in ``Amazon-Ads-ClientId`` as well; we send both client-id headers there.
+  in ``Amazon-Ads-ClientId`` as well; we send both client-id headers there. (We found
+  no public Amazon page stating the unified header names beyond this project's brief;
+  sending ``Amazon-Advertising-API-ClientId`` too keeps classic gateways satisfied.)
 - **Ads MCP server**: Amazon's own documents disagree on whether it takes
   ``Bearer <token>`` or the raw token, and we found no Amazon page that settles it:
   its origins are *not* among the defaults. Pass them in ``origins`` if you know.

@@ -87,16 +87,21 @@ class SpApiEmulation:
 
         async def _echo(self, call: Any) -> web.StreamResponse: ...
 
+    spapi_requests: int
+    """Requests to the SP-API origin, whatever their outcome."""
+    spapi_log: list[ApiRequestRecord]
+    """Every SP-API request, in the order they were answered."""
+    client_credentials_grants: int
+    """Successful ``client_credentials`` (grantless) grants."""
+    spapi_missing_roles: set[str]
+    """Path prefixes whose account-token requests are refused as if a role were missing
+    (403, empty ``details``)."""
+
     def _init_spapi(self) -> None:
         self.spapi_requests = 0
-        """Requests to the SP-API origin, whatever their outcome."""
-        self.spapi_log: list[ApiRequestRecord] = []
-        """Every SP-API request, in the order they were answered."""
+        self.spapi_log = []
         self.client_credentials_grants = 0
-        """Successful ``client_credentials`` (grantless) grants."""
-        self.spapi_missing_roles: set[str] = set()
-        """Path prefixes whose account-token requests are refused as if a role were
-        missing (403, empty ``details``)."""
+        self.spapi_missing_roles = set()
         self._grantless_tokens: dict[str, _Scoped] = {}
         self._rdts: dict[str, tuple[str, float]] = {}
         self._grants_by_scope: collections.Counter[str] = collections.Counter()
