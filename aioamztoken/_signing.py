@@ -465,12 +465,3 @@ def note_retry(api: str, status: int) -> None:
     """
     signing_logger.debug("%s answered %d: refreshing if still current, retrying once", api, status)
 
-
-def loggable(url: str) -> str:
-    """Origin and path only: queries (S3 signatures) and credentials stay out of logs."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<unparsable URL>"
-    host = parts.hostname or ""
-    return f"{parts.scheme}://{host}{parts.path}"

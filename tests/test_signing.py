@@ -305,3 +305,30 @@ def test_a_rejected_retry_marks_its_token_uncured_for_the_cooldown_only() -> Non
     fresh = RejectionGuard()
     decide(ADS, fresh, status=200, token="T", retried=True, now=0.0, **kwargs)
     assert fresh.may_refresh("T", 1.0)
+
+
+def test_reprs_name_the_policy_not_a_token() -> None:
+    policy = SigningPolicy("sp-api", CLIENT)
+    policy.token_value("Atza|secret")
+    assert "sp-api" in repr(policy)
+    assert "Atza|" not in repr(policy)
+    assert "sellingpartnerapi-na" in repr(policy.origins)
+    assert "60" in repr(RejectionGuard())
+
+
+def test_urls_with_credentials_or_bad_ports_are_never_allowed() -> None:
+    origins = OriginSet(["https://advertising-api.amazon.com", "http://[::1]:8080"])
+    assert not origins.allows_url("https://user@advertising-api.amazon.com/v2/profiles")
+    assert not origins.allows_url("https://advertising-api.amazon.com:99999/")
+    assert origins.allows_url("http://[::1]:8080/x")
+    assert origins.allows("http", "[::1]:8080")
+    assert not origins.allows("https", "[::1]:8080")
+
+
+class _Broken(io.RawIOBase):
+    def seekable(self) -> bool:
+        raise OSError("gone")
+
+
+def test_a_file_whose_seekability_cannot_be_told_is_not_replayed() -> None:
+    assert not body_replayable(_Broken())
