@@ -16,6 +16,7 @@ to a redirect hop is handed back as it is.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Generator, Iterator, Sequence
 
@@ -42,7 +43,9 @@ class _Unsigning:
     def strip(self) -> None:
         headers = self._request.headers
         for name in self._names:
-            headers.pop(name, None)
+            # ``del`` scans the headers once; ``pop`` would scan them twice.
+            with contextlib.suppress(KeyError):
+                del headers[name]
 
 
 class _UnsigningSync(_Unsigning, httpx.SyncByteStream):
@@ -97,6 +100,7 @@ class _HttpxAuthBase(httpx.Auth):
             origins=origins,
         )
         self._names = self._policy.header_names()
+        self._statuses = frozenset(s for s in (401, 403) if s == 401 or self._policy.needs_body(s))
 
     @property
     def api(self) -> str:
@@ -223,7 +227,10 @@ class AsyncHttpxAuth(_HttpxAuthBase):
         token = source.cached() or await source.fetch()
         self._sign(request, token, stream)
         response = yield request
-        if self._policy.needs_body(response.status_code):
+        status = response.status_code
+        if status not in self._statuses:
+            return  # the hot path: not a rejection
+        if self._policy.needs_body(status):
             await response.aread()
         if self._verdict(
             request, response, token, source.guard, retried=False, stream=stream
@@ -287,7 +294,10 @@ class SyncHttpxAuth(_HttpxAuthBase):
         token = source.cached() or source.fetch()
         self._sign(request, token, stream)
         response = yield request
-        if self._policy.needs_body(response.status_code):
+        status = response.status_code
+        if status not in self._statuses:
+            return  # the hot path: not a rejection
+        if self._policy.needs_body(status):
             response.read()
         if self._verdict(
             request, response, token, source.guard, retried=False, stream=stream
