@@ -28,6 +28,8 @@ from ._signing import SigningPolicy, SyncTokenSource, Verdict, body_replayable, 
 __all__ = ["RequestsAuth"]
 
 _SIGNED = "_aioamztoken_signed"
+#: How many (scheme, netloc) answers an auth remembers.
+_NETLOC_MEMO = 256
 
 
 class RequestsAuth(AuthBase):
@@ -61,6 +63,7 @@ class RequestsAuth(AuthBase):
             manager_account_id=manager_account_id,
             origins=origins,
         )
+        self._netlocs: dict[tuple[str, str], bool] = {}
 
     def __repr__(self) -> str:
         return f"<RequestsAuth api={self.api!r} origins={self.origins}>"
@@ -81,22 +84,33 @@ class RequestsAuth(AuthBase):
 
     def __call__(self, r: requests.PreparedRequest) -> requests.PreparedRequest:
         policy = self._policy
-        if not r.url or not policy.origins.allows_url(r.url):
+        parts = urlsplit(r.url or "")
+        if not self._allows(parts.scheme, parts.netloc, r.url or ""):
             return r
         if policy.leaves_alone(policy.token_header in r.headers):
             return r
         source = self._source
         token = source.cached() or source.fetch()
-        self._sign(r, token)
+        self._sign(r, token, parts.path)
         r.register_hook("response", self._on_response)
         return r
 
-    def _sign(self, r: requests.PreparedRequest, token: str) -> None:
+    def _allows(self, scheme: str, netloc: str, url: str) -> bool:
+        # The policy's answer per (scheme, netloc), remembered: parsing a host and port
+        # costs more than the rest of the signing.
+        key = (scheme, netloc)
+        allowed = self._netlocs.get(key)
+        if allowed is None:
+            allowed = self._policy.origins.allows_url(url)
+            if len(self._netlocs) < _NETLOC_MEMO:
+                self._netlocs[key] = allowed
+        return allowed
+
+    def _sign(self, r: requests.PreparedRequest, token: str, path: str) -> None:
         policy = self._policy
         headers = r.headers
         headers[policy.token_header] = policy.token_value(token)
         added = [policy.token_header]
-        path = urlsplit(r.url or "").path
         for name, value in policy.headers(path):
             if name not in headers:
                 headers[name] = value
@@ -144,7 +158,7 @@ class RequestsAuth(AuthBase):
         if request.body is not None and not isinstance(request.body, (bytes, str)):
             rewind_body(request)
         token = self._source.refresh_if_current(token)
-        self._sign(request, token)
+        self._sign(request, token, urlsplit(request.url or "").path)
         setattr(request, "_aioamztoken_retried", True)  # noqa: B010 - a mark of our own
         assert response.connection is not None
         retry: requests.Response = response.connection.send(request, **kwargs)
