@@ -563,3 +563,17 @@ async def test_the_middleware_still_takes_a_manager_and_an_account(
         assert (await resp.json())["headers"]["Amazon-Advertising-API-Scope"] == "5"
     with pytest.raises(TypeError):
         at.AdsApiMiddleware(mgr)  # type: ignore[arg-type]
+
+
+def test_importing_aioamztoken_imports_neither_httpx_nor_requests() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, aioamztoken, aioamztoken.testing, aioamztoken.peers\n"
+        "print(sorted(m for m in ('httpx', 'requests', 'ad_api', 'sp_api') if m in sys.modules))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert done.stdout.strip() == "[]"
