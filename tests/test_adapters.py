@@ -577,3 +577,15 @@ def test_importing_aioamztoken_imports_neither_httpx_nor_requests() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
     )
     assert done.stdout.strip() == "[]"
+
+
+async def test_an_sp_api_403_that_refreshing_does_not_cure_is_not_amplified(
+    emulator: AmazonEmulator, make_client: Callable[..., Client]
+) -> None:
+    client = make_client(api="sp-api", origins=[emulator.spapi_url])
+    emulator.reset_counters()
+    emulator.spapi_fail_next(1000)  # "The access token you provided has expired.", always
+    for _ in range(100):
+        assert (await client.send("GET", f"{emulator.spapi_url}/orders/v0/orders")).status == 403
+    assert emulator.refresh_grants <= 2
+    assert 100 <= emulator.spapi_requests <= 110
