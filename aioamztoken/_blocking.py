@@ -25,6 +25,11 @@ from ._manager import AsyncTokenManager
 from ._models import AccountStatus, Token
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from ._httpx import SyncHttpxAuth
+    from ._requests import RequestsAuth
+    from ._sources import BlockingAccountTokenSource
     from .stores import TokenStore
 
 __all__ = ["BlockingTokenManager"]
@@ -448,4 +453,74 @@ class BlockingTokenManager:
         """The consent URL to send a user to; computed here, without crossing threads."""
         return self._manager.authorization_url(
             redirect_uri=redirect_uri, state=state, scope=scope, code_challenge=code_challenge
+        )
+
+    def get_grantless_token(self, scope: str) -> str:
+        """A ``client_credentials`` token for ``scope``, as
+        :meth:`AsyncTokenManager.get_grantless_token`; a fresh cached one costs no hop."""
+        if _get_running_loop() is not None:
+            self._check_caller()
+        grantless = getattr(self._manager, "_grantless", None)
+        cached: str | None = grantless.cached(scope) if grantless is not None else None
+        if cached is not None:
+            return cached
+        return self._call("get_grantless_token", lambda m: m.get_grantless_token(scope))
+
+    # ------------------------------------------------------------------ HTTP clients
+
+    def token_source(self, account_id: str) -> BlockingAccountTokenSource:
+        """What the sync adapters read ``account_id``'s tokens from (cached, fetch, compare)."""
+        from ._sources import BlockingAccountTokenSource
+
+        return BlockingAccountTokenSource(self, account_id)
+
+    def httpx_auth(
+        self,
+        account_id: str,
+        *,
+        api: str = "ads",
+        profile_id: str | int | None = None,
+        ads_account_id: str | None = None,
+        manager_account_id: str | None = None,
+        origins: Sequence[str] | None = None,
+    ) -> SyncHttpxAuth:
+        """An ``httpx.Auth`` for a sync ``httpx.Client``, signing for ``account_id``.
+
+        The headers, origins and retry rules of :meth:`AsyncTokenManager.middleware`.
+        Needs the ``httpx`` extra. A fresh cached token costs no thread hop.
+        """
+        from ._httpx import SyncHttpxAuth
+
+        return SyncHttpxAuth(
+            self.token_source(account_id),
+            api=api,
+            profile_id=profile_id,
+            ads_account_id=ads_account_id,
+            manager_account_id=manager_account_id,
+            origins=origins,
+        )
+
+    def requests_auth(
+        self,
+        account_id: str,
+        *,
+        api: str = "ads",
+        profile_id: str | int | None = None,
+        ads_account_id: str | None = None,
+        manager_account_id: str | None = None,
+        origins: Sequence[str] | None = None,
+    ) -> RequestsAuth:
+        """A ``requests.auth.AuthBase`` signing for ``account_id``; needs the ``requests`` extra.
+
+        The headers, origins and retry rules of :meth:`AsyncTokenManager.middleware`.
+        """
+        from ._requests import RequestsAuth
+
+        return RequestsAuth(
+            self.token_source(account_id),
+            api=api,
+            profile_id=profile_id,
+            ads_account_id=ads_account_id,
+            manager_account_id=manager_account_id,
+            origins=origins,
         )

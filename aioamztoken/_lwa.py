@@ -372,3 +372,26 @@ def parse_token_response(
             status=status,
         )
     raise TokenEndpointError(f"token endpoint answered {status} ({detail})", status=status)
+
+
+def client_credentials_request(
+    token_url: str,
+    client_id: str,
+    client_secret: str,
+    scope: str,
+    *,
+    client_auth: ClientAuth = "post",
+) -> TokenRequest:
+    """The request for a grantless token (``client_credentials`` grant) for ``scope``.
+
+    Grantless SP-API operations take such a token; no refresh token is involved
+    ("Grantless Operations", SP-API docs: ``scope=sellingpartnerapi::notifications``).
+    """
+    return TokenRequest(
+        token_url,
+        {"grant_type": "client_credentials", "scope": scope},
+        "client_credentials",
+        client_id,
+        client_secret,
+        check_client_auth(client_auth),
+    )

@@ -41,7 +41,10 @@ from ._scrub import raise_without_context, scrubbed
 from .stores._base import check_store, validate_account_id
 
 if TYPE_CHECKING:
+    from ._grantless import GrantlessTokens, GrantlessTokenSource
+    from ._httpx import AsyncHttpxAuth
     from ._middleware import AdsApiMiddleware
+    from ._sources import AccountTokenSource
     from .stores import TokenStore
 
 __all__ = ["AsyncTokenManager"]
@@ -336,6 +339,9 @@ class AsyncTokenManager:
                 entry.timer.cancel()
                 entry.timer = None
         self._entries.clear()
+        grantless = getattr(self, "_grantless", None)
+        if grantless is not None:
+            await grantless.aclose()
         doomed = [t for t in (*self._inflight.values(), *self._cancellable) if not t.done()]
         for task in doomed:
             task.cancel()
@@ -1133,20 +1139,105 @@ class AsyncTokenManager:
         self,
         account_id: str,
         *,
+        api: str = "ads",
         profile_id: str | int | None = None,
+        ads_account_id: str | None = None,
+        manager_account_id: str | None = None,
         origins: Origins | None = None,
     ) -> AdsApiMiddleware:
-        """An aiohttp client middleware that signs Ads API requests for ``account_id``.
+        """An aiohttp client middleware that signs Amazon API requests for ``account_id``.
 
-        ``origins=None`` means the four Amazon Ads API origins (NA, EU, FE, sandbox);
-        otherwise a list of ``scheme://host[:port]``. Requests to other origins pass
-        through untouched. On a 401 it refreshes (compare-and-refresh) and retries once;
-        see :class:`AdsApiMiddleware` for bodies that cannot be replayed and for the
-        typed errors a failed refresh raises. Cheap to create; keep one per session.
+        ``api="ads"`` (the default) sends ``Authorization: Bearer`` and the Ads API
+        headers; ``api="sp-api"`` sends ``x-amz-access-token``. ``origins=None`` means
+        that API's Amazon origins; otherwise a list of ``scheme://host[:port]``.
+        Requests to other origins pass through untouched. On a rejected token it
+        refreshes (compare-and-refresh) and retries once; see :class:`AdsApiMiddleware`
+        for bodies that cannot be replayed and for the typed errors a failed refresh
+        raises. Cheap to create; keep one per session.
         """
         from ._middleware import AdsApiMiddleware
 
-        return AdsApiMiddleware(self, account_id, profile_id=profile_id, origins=origins)
+        return AdsApiMiddleware(
+            self.token_source(account_id),
+            api=api,
+            profile_id=profile_id,
+            ads_account_id=ads_account_id,
+            manager_account_id=manager_account_id,
+            origins=origins,
+        )
+
+    def token_source(self, account_id: str) -> AccountTokenSource:
+        """What the adapters read ``account_id``'s tokens from (cached, fetch, compare)."""
+        from ._sources import AccountTokenSource
+
+        return AccountTokenSource(self, account_id)
+
+    def httpx_auth(
+        self,
+        account_id: str,
+        *,
+        api: str = "ads",
+        profile_id: str | int | None = None,
+        ads_account_id: str | None = None,
+        manager_account_id: str | None = None,
+        origins: Origins | None = None,
+    ) -> AsyncHttpxAuth:
+        """An ``httpx.Auth`` for ``httpx.AsyncClient`` signing like :meth:`middleware`.
+
+        Needs the ``httpx`` extra. With a sync ``httpx.Client`` it raises an error that
+        points to :meth:`BlockingTokenManager.httpx_auth`.
+        """
+        from ._httpx import AsyncHttpxAuth
+
+        return AsyncHttpxAuth(
+            self.token_source(account_id),
+            api=api,
+            profile_id=profile_id,
+            ads_account_id=ads_account_id,
+            manager_account_id=manager_account_id,
+            origins=origins,
+        )
+
+    async def get_grantless_token(self, scope: str) -> str:
+        """An access token of the ``client_credentials`` grant for ``scope``.
+
+        For grantless SP-API operations (``scope="sellingpartnerapi::notifications"``).
+        Cached per scope, one token request for all concurrent callers of a scope,
+        refreshed in the background; no refresh token and no store record. Raises
+        :class:`InvalidClientError` for a rejected client, :class:`TokenRefreshError`
+        for an ``invalid_scope``, :class:`TokenEndpointError` for transient failures.
+        """
+        cached = self._grantless_tokens().cached(scope)
+        if cached is not None:
+            return cached
+        return (await self._grantless_tokens().get(scope)).access_token
+
+    def grantless_middleware(
+        self, scope: str, *, origins: Origins | None = None
+    ) -> AdsApiMiddleware:
+        """An aiohttp middleware signing SP-API requests with the grantless token of ``scope``."""
+        from ._middleware import AdsApiMiddleware
+
+        return AdsApiMiddleware(self._grantless_source(scope), api="sp-api", origins=origins)
+
+    def grantless_httpx_auth(self, scope: str, *, origins: Origins | None = None) -> AsyncHttpxAuth:
+        """An ``httpx.Auth`` (``AsyncClient``) signing SP-API requests with a grantless token."""
+        from ._httpx import AsyncHttpxAuth
+
+        return AsyncHttpxAuth(self._grantless_source(scope), api="sp-api", origins=origins)
+
+    def _grantless_tokens(self) -> GrantlessTokens:
+        from ._grantless import GrantlessTokens
+
+        tokens: GrantlessTokens | None = getattr(self, "_grantless", None)
+        if tokens is None:
+            tokens = self._grantless = GrantlessTokens(self)
+        return tokens
+
+    def _grantless_source(self, scope: str) -> GrantlessTokenSource:
+        from ._grantless import GrantlessTokenSource
+
+        return GrantlessTokenSource(self, self._grantless_tokens(), scope)
 
     def trace_config(self) -> AdsApiTraceConfig:
         """The manager's :class:`AdsApiTraceConfig`: counts and logs 401s and retries.

@@ -21,16 +21,26 @@ import asyncio
 import contextlib
 import contextvars
 import logging
+import time
 from collections.abc import Sequence
 from types import SimpleNamespace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import aiohttp
 from aiohttp import ClientHandlerType, ClientRequest, ClientResponse
 from multidict import CIMultiDict, istr
 from yarl import URL
 
-from ._models import ADS_API_ORIGINS
+from ._signing import (
+    UNIFIED_PREFIX,
+    AsyncTokenSource,
+    SigningPolicy,
+    Verdict,
+    decide,
+)
+from ._signing import (
+    normalize_origin as _normalize_origin,
+)
 
 if TYPE_CHECKING:
     from ._manager import AsyncTokenManager
@@ -41,60 +51,56 @@ __all__ = ["AdsApiMiddleware", "AdsApiTraceConfig", "middleware_logger", "normal
 #: DEBUG: each decision of the middleware. Never a header value.
 middleware_logger = logging.getLogger("aioamztoken.middleware")
 
-_AUTHORIZATION = istr("Authorization")
-_CLIENT_ID = istr("Amazon-Advertising-API-ClientId")
-_SCOPE = istr("Amazon-Advertising-API-Scope")
-
 Origins = Sequence[str | URL]
 
 
 def normalize_origin(origin: str | URL) -> tuple[str, str]:
-    """``(scheme, host[:port])`` of an origin, as yarl normalizes it; default ports dropped.
+    """``(scheme, host[:port])`` of an origin; default ports dropped (see :mod:`._signing`).
 
-    Raises ``ValueError`` for anything but an absolute ``http``/``https`` origin
-    (``scheme://host[:port]``, an optional trailing ``/``): paths, queries, fragments
-    and credentials are refused rather than silently ignored.
+    Raises ``ValueError`` for anything but an absolute ``http``/``https`` origin.
     """
-    url = origin if isinstance(origin, URL) else URL(str(origin).strip())
-    if (
-        url.scheme not in ("http", "https")
-        or not url.raw_host
-        or url.raw_path not in ("", "/")
-        or url.raw_query_string
-        or url.raw_fragment
-        or url.raw_user is not None
-    ):
-        raise ValueError(f"not an origin (scheme://host[:port]): {str(origin)!r}")
-    host_port = url.host_port_subcomponent
-    assert host_port is not None
-    return url.scheme, host_port
+    return _normalize_origin(origin)
 
 
 class AdsApiMiddleware:
-    """An aiohttp client middleware that signs requests to Amazon Ads API origins.
+    """An aiohttp client middleware that signs requests to Amazon API origins.
 
-    Build it with :meth:`AsyncTokenManager.middleware` and pass it to
-    ``aiohttp.ClientSession(middlewares=[...])`` (or per request).
+    Build it with :meth:`~aioamztoken.AsyncTokenManager.middleware` (an account's token,
+    Ads API or SP-API) or :meth:`~aioamztoken.AsyncTokenManager.grantless_middleware` (a
+    grantless SP-API token) and pass it to ``aiohttp.ClientSession(middlewares=[...])``
+    (or per request). The decisions are those of
+    :class:`~aioamztoken._signing.SigningPolicy`; this only moves bytes.
 
-    - For a request to an allowed origin it sets ``Authorization: Bearer <token>`` and
-      ``Amazon-Advertising-API-ClientId``, plus ``Amazon-Advertising-API-Scope`` when a
-      ``profile_id`` was given. The token is fetched as each request is sent (a cache
-      read when fresh), so long report polls never send an expired one.
-    - Requests to any other origin pass through untouched: no bearer, no Amazon header.
-      That covers pre-signed S3 report URLs, including when an Ads API endpoint
-      redirects to one (aiohttp runs the middleware again for every redirect hop).
-    - On a 401 from an allowed origin it reads and releases that response, refreshes
-      with compare-and-refresh (only if the rejected token is still the current one,
-      so 200 concurrent 401s cause one refresh) and sends the request once more. The
-      second answer is returned whatever it is: never a loop, at most two sends.
+    - For a request to an allowed origin it sets the token header (``Authorization:
+      Bearer <token>`` for ``api="ads"``, ``x-amz-access-token`` for ``api="sp-api"``)
+      and, for the Ads API, ``Amazon-Advertising-API-ClientId`` (plus
+      ``Amazon-Ads-ClientId`` on unified ``/adsApi/`` paths) and the configured
+      ``Amazon-Advertising-API-Scope``, ``Amazon-Ads-AccountId`` and
+      ``Amazon-Ads-Manager-AccountId``. A header the caller set on the request wins over
+      a configured value. The token is fetched as each request is sent (a cache read
+      when fresh), so long report polls never send an expired one.
+    - An SP-API request that already carries ``x-amz-access-token`` (a Restricted Data
+      Token) is sent untouched and never refreshed-and-retried.
+    - Requests to any other origin pass through untouched: no token, no Amazon header.
+      That covers pre-signed S3 report URLs, including when an API endpoint redirects
+      to one (aiohttp runs the middleware again for every redirect hop).
+    - On a rejected token (a 401; for the SP-API also a 403 whose ``errors[]`` says the
+      access token expired or is revoked, malformed or invalid) it reads and releases
+      that response, refreshes with compare-and-refresh (only if the rejected token is
+      still the current one, so 200 concurrent 401s cause one refresh) and sends the
+      request once more. The second answer is returned whatever it is: never a loop, at
+      most two sends. If the refreshed token is rejected too, later rejections of that
+      same token are returned at once, without refreshing, for a cooldown
+      (:class:`~aioamztoken._signing.RejectionGuard`): a 401 that refreshing does not
+      cure is not amplified. Any other 403 (a missing role) is returned as it is.
     - Bodies made of bytes, str, JSON, url-encoded or multipart forms, and seekable
       files are sent again intact. A body that cannot be replayed (an async generator,
       a stream, an unseekable file: aiohttp marks its payload ``consumed``) is not
-      retried: the 401 response is returned to the caller, still readable.
+      retried: the rejection is returned to the caller, still readable.
     - If the refresh itself fails, the typed error is raised from the request:
       :class:`InvalidGrantError` (the account needs re-authorization),
       :class:`InvalidClientError`, :class:`TokenEndpointError`, :class:`StorageError`
-      or :class:`AccountNotFoundError`. The 401 response has been released by then.
+      or :class:`AccountNotFoundError`. The rejected response has been released by then.
       The same errors come out of the first token fetch.
     - The manager's own token requests never pass through a user's session middlewares,
       so there is no recursion even when the token endpoint is an allowed origin.
@@ -103,141 +109,192 @@ class AdsApiMiddleware:
     manager's event loop; not thread-safe.
     """
 
-    __slots__ = ("_account_id", "_client_id", "_manager", "_origins", "_profile_id", "_signed")
+    __slots__ = (
+        "_cached",
+        "_classic",
+        "_hosts",
+        "_policy",
+        "_rdt",
+        "_source",
+        "_statuses",
+        "_token_header",
+        "_unified",
+    )
 
     def __init__(
         self,
-        manager: AsyncTokenManager,
-        account_id: str,
+        source: AsyncTokenSource | AsyncTokenManager,
+        account_id: str | None = None,
         *,
+        api: str = "ads",
         profile_id: str | int | None = None,
+        ads_account_id: str | None = None,
+        manager_account_id: str | None = None,
         origins: Origins | None = None,
     ) -> None:
-        if not account_id:
-            raise ValueError("account_id must be a non-empty string")
-        if isinstance(origins, (str, URL)):
-            raise TypeError("origins must be a list of origins, not a single one")
-        self._manager = manager
-        self._account_id = account_id
-        self._client_id = manager.client_id
-        self._profile_id = None if profile_id is None else str(profile_id)
-        if self._profile_id is not None and not self._profile_id.strip():
-            raise ValueError("profile_id must not be empty")
-        # host[:port] -> schemes: a dict hit on a cached string beats hashing a tuple.
-        by_host: dict[str, set[str]] = {}
-        for origin in ADS_API_ORIGINS if origins is None else origins:
-            scheme, host_port = normalize_origin(origin)
-            by_host.setdefault(host_port, set()).add(scheme)
-        self._origins: dict[str | None, frozenset[str]] = {
-            host: frozenset(schemes) for host, schemes in by_host.items()
-        }
-        # (access token, "Bearer <access token>"): rebuilt only when the token changes.
-        self._signed: tuple[str, str] = ("", "")
+        if account_id is not None:
+            # The older spelling, AdsApiMiddleware(manager, account_id, ...).
+            manager = cast("AsyncTokenManager", source)
+            source = manager.token_source(account_id)
+        elif not hasattr(source, "fetch"):
+            raise TypeError("pass a token source, or a manager and an account_id")
+        source = cast("AsyncTokenSource", source)
+        self._source = source
+        policy = self._policy = SigningPolicy(
+            api,
+            source.client_id,
+            profile_id=profile_id,
+            ads_account_id=ads_account_id,
+            manager_account_id=manager_account_id,
+            origins=origins,
+        )
+        # The policy's answers, computed once, in the forms aiohttp's hot path likes best
+        # (istr keys, a bound method, a dict): what to do stays the policy's decision.
+        self._hosts = policy.origins.table
+        self._rdt = policy.leaves_alone(True)
+        self._token_header = istr(policy.token_header)
+        self._classic = tuple((istr(n), v) for n, v in policy.headers(""))
+        self._unified = tuple((istr(n), v) for n, v in policy.headers(UNIFIED_PREFIX))
+        self._statuses = frozenset(s for s in (401, 403) if s == 401 or policy.needs_body(s))
+        self._cached = source.cached
 
     def __repr__(self) -> str:
         return (
-            f"<AdsApiMiddleware account={self._account_id!r} profile={self._profile_id!r} "
-            f"origins={self.origins}>"
+            f"<AdsApiMiddleware api={self.api!r} account={self.account_id!r} "
+            f"profile={self.profile_id!r} origins={self.origins}>"
         )
 
     @property
-    def account_id(self) -> str:
-        """The account whose token is sent."""
-        return self._account_id
+    def api(self) -> str:
+        """``"ads"`` or ``"sp-api"``: which headers are sent."""
+        return self._policy.api
+
+    @property
+    def account_id(self) -> str | None:
+        """The account whose token is sent (``None`` for a grantless token)."""
+        return getattr(self._source, "account_id", None)
 
     @property
     def profile_id(self) -> str | None:
         """The ``Amazon-Advertising-API-Scope`` value sent, if any."""
-        return self._profile_id
+        return dict(self._policy.headers("")).get("Amazon-Advertising-API-Scope")
 
     @property
     def origins(self) -> list[str]:
         """The origins that get the token, sorted (default ports left out)."""
-        return sorted(
-            f"{scheme}://{host}" for host, schemes in self._origins.items() for scheme in schemes
-        )
+        return list(self._policy.origins)
 
     def allows(self, url: str | URL) -> bool:
-        """True when a request to ``url`` gets the bearer token and the Amazon headers."""
+        """True when a request to ``url`` gets the token and the Amazon headers."""
         if isinstance(url, str):
             url = URL(url)
-        schemes = self._origins.get(url.host_port_subcomponent)
-        return schemes is not None and url.scheme in schemes
+        return self._policy.origins.allows(url.scheme, url.host_port_subcomponent)
 
-    def _sign(self, headers: CIMultiDict[str], access_token: str) -> None:
-        signed = self._signed
-        if signed[0] is not access_token:
-            signed = self._signed = (access_token, "Bearer " + access_token)
-        headers[_AUTHORIZATION] = signed[1]
-        headers[_CLIENT_ID] = self._client_id
-        if self._profile_id is not None:
-            headers[_SCOPE] = self._profile_id
+    def _sign(self, headers: CIMultiDict[str], path: str, access_token: str) -> None:
+        headers[self._token_header] = self._policy.token_value(access_token)
+        for name, value in self._unified if path.startswith(UNIFIED_PREFIX) else self._classic:
+            if name not in headers:
+                headers[name] = value
 
     async def __call__(self, request: ClientRequest, handler: ClientHandlerType) -> ClientResponse:
-        # The hot path: a dict hit, a cache read and three header writes.
+        # The hot path: a dict hit, a cache read and a few header writes.
         url = request.url
-        schemes = self._origins.get(url.host_port_subcomponent)
-        if schemes is None or url.scheme not in schemes:
+        schemes = self._hosts.get(url.host_port_subcomponent)
+        if (
+            schemes is None
+            or url.scheme not in schemes
+            or (self._rdt and self._token_header in request.headers)
+        ):
             return await handler(request)
-        manager = self._manager
-        account_id = self._account_id
         # The synchronous cache read spares a coroutine per request when the token is fresh.
-        access_token = manager.cached_access_token(account_id) or await manager.get_access_token(
-            account_id
-        )
-        self._sign(request.headers, access_token)
+        access_token = self._cached() or await self._source.fetch()
+        self._sign(request.headers, url.raw_path, access_token)
         response = await handler(request)
-        if response.status != 401:
+        if response.status not in self._statuses:
             return response
-        return await self._retry(request, handler, response, access_token)
+        return await self._rejected(request, handler, response, access_token)
 
-    async def _retry(
+    async def _rejected(
         self,
         request: ClientRequest,
         handler: ClientHandlerType,
         response: ClientResponse,
         rejected: str,
     ) -> ClientResponse:
-        """The 401 path: release, compare-and-refresh, send once more."""
+        """A 401 (or an SP-API 403): decide, release, compare-and-refresh, send once more."""
+        policy = self._policy
         trace = _current_trace.get()
-        if _consumed(request):
+        body = await _read(response) if policy.needs_body(response.status) else None
+        verdict = decide(
+            policy,
+            self._source.guard,
+            status=response.status,
+            body=body,
+            token=rejected,
+            retried=False,
+            replayable=not _consumed(request),
+            now=time.monotonic(),
+        )
+        if verdict is Verdict.RETURN:
+            return response
+        if verdict is Verdict.UNCURED:
+            if trace is not None:
+                trace.uncured = True
+            middleware_logger.debug(
+                "%s %s answered %d to a token a refresh did not cure; returned at once",
+                request.method,
+                _loggable(request.url),
+                response.status,
+            )
+            return response
+        if verdict is Verdict.NOT_REPLAYABLE:
             self._not_replayable(request, trace)
             return response
-        # Read the (small) 401 body first: the connection goes back to the pool, and the
+        # Read the (small) body first: the connection goes back to the pool, and the
         # response stays readable should it be returned after all.
-        with contextlib.suppress(aiohttp.ClientError, asyncio.TimeoutError):
-            await response.read()
+        await _read(response)
         response.release()
-        # Let a body writer cut short by the 401 settle before the body is sent again.
+        # Let a body writer cut short by the rejection settle before the body is sent again.
         await request.close()
         if _consumed(request):
             self._not_replayable(request, trace)
             return response
         if trace is not None:
             trace.rejected += 1
-            trace.account_id = self._account_id
-        middleware_logger.debug(
-            "%s %s answered 401 for account %r: refreshing if that token is still current, "
-            "then retrying once",
-            request.method,
-            _loggable(request.url),
-            self._account_id,
-        )
-        token = await self._manager.refresh_if_current(self._account_id, rejected)
-        self._sign(request.headers, token.access_token)
+            trace.account_id = self.account_id
+        token = await self._source.refresh_if_current(rejected)
+        self._sign(request.headers, request.url.raw_path, token)
         if trace is not None:
             trace.retried += 1
-        return await handler(request)
+        retry = await handler(request)
+        if retry.status == 401 or policy.needs_body(retry.status):
+            decide(
+                policy,
+                self._source.guard,
+                status=retry.status,
+                body=await _read(retry) if policy.needs_body(retry.status) else None,
+                token=token,
+                retried=True,
+                replayable=True,
+                now=time.monotonic(),
+            )
+        return retry
 
     def _not_replayable(self, request: ClientRequest, trace: _TraceContext | None) -> None:
         if trace is not None:
             trace.unreplayable = True
         middleware_logger.debug(
-            "%s %s answered 401 for account %r; not retried: its body cannot be sent again",
+            "%s %s: token rejected for account %r; not retried: its body cannot be sent again",
             request.method,
             _loggable(request.url),
-            self._account_id,
+            self.account_id,
         )
+
+
+async def _read(response: ClientResponse) -> bytes | None:
+    with contextlib.suppress(aiohttp.ClientError, asyncio.TimeoutError):
+        return await response.read()
+    return None
 
 
 def _consumed(request: ClientRequest) -> bool:
@@ -261,6 +318,7 @@ class _TraceContext(SimpleNamespace):
         """401 answers the middleware released before retrying."""
         self.retried = 0
         self.unreplayable = False
+        self.uncured = False
         self.account_id: str | None = None
         self.outer: _TraceContext | None = None
 

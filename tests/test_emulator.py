@@ -196,7 +196,7 @@ async def test_unknown_refresh_token_answers_400_invalid_grant(
         ({"grant_type": "authorization_code", "redirect_uri": REDIRECT}, "invalid_request"),
         ({"grant_type": "authorization_code", "code": "ANcode1"}, "invalid_request"),
         ({"grant_type": "password", "username": "u"}, "unsupported_grant_type"),
-        ({"grant_type": "client_credentials"}, "unsupported_grant_type"),
+        ({"grant_type": "client_credentials"}, "invalid_scope"),  # grantless: scope needed
     ],
     ids=["no-grant-type", "no-refresh-token", "no-code", "no-redirect", "password", "client-cred"],
 )

@@ -43,6 +43,20 @@ the pre-signed S3 URLs Amazon hands out: it answers 400 to any request that carr
         ...                            # create, poll, download (examples/report_pipeline.py)
         assert not any("Authorization" in r.headers for r in amazon.download_log)
 
+It also serves the Selling Partner API on an origin of its own,
+:attr:`AmazonEmulator.spapi_url`, which checks ``x-amz-access-token`` and answers 403
+with Amazon's bodies (an expired token, a revoked one, a missing role), accepts
+Restricted Data Tokens, and serves grantless operations to tokens of the
+``client_credentials`` grant, which the token endpoint issues per scope. The unified Ads
+API paths (``/adsApi/...``) check their own headers (``Amazon-Ads-ClientId`` and an
+account header)::
+
+    async with AmazonEmulator() as amazon:
+        amazon.expire_access_tokens("acme")   # the SP-API now answers 403 "expired"
+        amazon.spapi_missing_roles.add("/finances/")   # 403 with empty details
+        ...
+        assert [r.status for r in amazon.spapi_log] == [403, 200]
+
 Synchronous or multi-process tests run it on a thread of its own::
 
     with AmazonEmulator.running_in_thread(rotate_refresh_tokens=True) as amazon:

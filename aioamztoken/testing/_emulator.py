@@ -24,6 +24,7 @@ from aiohttp import hdrs, web
 from aioamztoken._lwa import pkce_challenge
 from aioamztoken.testing import _consent
 from aioamztoken.testing._client_auth import ClientAuthPolicy
+from aioamztoken.testing._spapi import SpApiEmulation
 
 __all__ = ["AmazonEmulator", "ApiRequestRecord", "DownloadRequestRecord", "TokenRequestRecord"]
 
@@ -172,7 +173,7 @@ class _ApiCall:
 _ApiEndpoint = Callable[[_ApiCall], Awaitable[web.StreamResponse]]
 
 
-class AmazonEmulator(_consent.ConsentPages):
+class AmazonEmulator(_consent.ConsentPages, SpApiEmulation):
     """Login with Amazon and the Ads API on a loopback port, with knobs for tests.
 
     Options (all keyword-only) and their defaults:
@@ -302,6 +303,7 @@ class AmazonEmulator(_consent.ConsentPages):
         self._base_url: str | None = None
         self._download_url: str | None = None
         self._closing = asyncio.Event()
+        self._init_spapi()
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -315,6 +317,7 @@ class AmazonEmulator(_consent.ConsentPages):
             # Report files live on an origin of their own, like S3: it must never see
             # a bearer token.
             self._download_url = await self._serve(self._build_download_app())
+            await self._start_spapi()
         except BaseException:
             await self.close()
             raise
@@ -381,6 +384,8 @@ class AmazonEmulator(_consent.ConsentPages):
         self._add_api_route(app, "GET", REPORTS_PATH + "/{reportId}", self._report_status)
         self._add_api_route(app, "GET", "/v2/reports/{reportId}/download", self._redirect_download)
         self._add_api_route(app, "*", "/echo", self._echo)
+        self._add_api_route(app, "*", "/adsApi/{path:.*}", self._unified_ads)
+        self._add_api_route(app, "GET", "/emulator/redirect", self._redirect)
         self._add_api_route(app, "*", "/{path:.*}", self._any_api_path)
         return app
 
@@ -568,6 +573,7 @@ class AmazonEmulator(_consent.ConsentPages):
             self.download_log.clear()
             self._token_requests_by_account.clear()
             self._api_requests_by_account.clear()
+            self._reset_spapi_counters()
 
     # -- observation -------------------------------------------------------------------
 
@@ -695,6 +701,8 @@ class AmazonEmulator(_consent.ConsentPages):
             return self._refresh_grant(form)
         if grant_type == "authorization_code":
             return self._code_grant(form)
+        if grant_type == "client_credentials":
+            return self._client_credentials_grant(form)
         return _oauth_error(
             400, "unsupported_grant_type", f"The grant type {grant_type!r} is not supported"
         )
