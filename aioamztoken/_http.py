@@ -15,6 +15,7 @@ from ._errors import ManagerClosedError, TokenEndpointError, TokenRefreshError
 from ._logging import http_logger
 from ._lwa import TOKEN_REQUEST_HEADERS, TokenRequest, parse_retry_after, parse_token_response
 from ._models import Token
+from ._telemetry import NO_TELEMETRY, Telemetry
 
 __all__ = ["RetryPolicy", "TokenEndpoint"]
 
@@ -94,6 +95,7 @@ class TokenEndpoint:
         self.in_flight = 0
         self.closed = False
         self._not_before = 0.0  # monotonic time before which no request is sent (429)
+        self.telemetry: Telemetry = NO_TELEMETRY
 
     def _session(self) -> aiohttp.ClientSession:
         if self.closed:
@@ -229,7 +231,7 @@ class TokenEndpoint:
             started = time.monotonic()
             sent_at = time.time()
             try:
-                async with self._session().post(
+                async with self.telemetry.post(self._session(), request.grant_type)(
                     request.url,
                     data=request.body,
                     headers=TOKEN_REQUEST_HEADERS,

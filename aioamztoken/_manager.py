@@ -29,6 +29,7 @@ from ._http import RetryPolicy, TokenEndpoint
 from ._logging import audit_logger, logger
 from ._lwa import DEFAULT_SCOPE, authorization_url, code_request, refresh_request
 from ._models import AccountState, AccountStatus, Region, Token
+from ._telemetry import telemetry_for
 from .stores._base import validate_account_id
 
 if TYPE_CHECKING:
@@ -196,6 +197,8 @@ class AsyncTokenManager:
         request_timeout: float = 10.0,
         expiry_margin: float | None = None,
         authorization_base_url: str | None = None,
+        meter_provider: Any = None,
+        tracer_provider: Any = None,
     ) -> None:
         if not client_id or not client_secret:
             raise ValueError("client_id and client_secret must be non-empty strings")
@@ -241,6 +244,9 @@ class AsyncTokenManager:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
         self._rng = random.Random()
+        # OpenTelemetry (docs/observability.rst): a no-op without the API, never on the hot path.
+        self._telemetry = telemetry_for(self._entries.values, meter_provider, tracer_provider)
+        self._endpoint.telemetry = self._telemetry
 
     def __repr__(self) -> str:
         return (
@@ -441,7 +447,9 @@ class AsyncTokenManager:
         if self._closed:
             raise ManagerClosedError("this AsyncTokenManager is closed; create a new one")
         task = loop.create_task(
-            self._run_refresh(account_id, stale, force, reason),
+            self._telemetry.refresh(
+                self._run_refresh(account_id, stale, force, reason), account_id, reason
+            ),
             name=f"aioamztoken-refresh:{account_id}",
         )
         self._inflight[account_id] = task
@@ -625,7 +633,8 @@ class AsyncTokenManager:
             try:
                 # In this task, not a helper task: some locks belong to the task that took them.
                 async with _deadline(deadline):
-                    await cm.__aenter__()
+                    with self._telemetry.lock_wait():
+                        await cm.__aenter__()
             except asyncio.TimeoutError:
                 raise TokenEndpointError(
                     f"account {account_id!r}: another process has been refreshing it for "
@@ -872,7 +881,10 @@ class AsyncTokenManager:
         # A task of its own: a caller that gives up (a timeout) after the endpoint answered
         # must not lose the tokens, the code being spent by then.
         task = self._track(
-            self._exchange(account_id, code, redirect_uri, code_verifier), must_finish=False
+            self._telemetry.exchange(
+                self._exchange(account_id, code, redirect_uri, code_verifier), account_id
+            ),
+            must_finish=False,
         )
         try:
             return await asyncio.shield(task)

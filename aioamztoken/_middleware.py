@@ -227,6 +227,7 @@ class AdsApiMiddleware:
         self._sign(request.headers, token.access_token)
         if trace is not None:
             trace.retried += 1
+        self._manager._telemetry.http_retry("ads")
         return await handler(request)
 
     def _not_replayable(self, request: ClientRequest, trace: _TraceContext | None) -> None:
