@@ -175,6 +175,11 @@ class AsyncTokenManager:
     session and closes it in :meth:`aclose`. Hooks may be plain functions or coroutine
     functions; they run after the token is saved and cached, before waiting callers
     resume, so keep them quick; one that raises is logged and ignored.
+
+    ``meter_provider`` and ``tracer_provider`` receive OpenTelemetry metrics and spans
+    (the ``[otel]`` extra; :doc:`/observability`). ``None`` means the global providers
+    when ``opentelemetry-api`` is installed, and nothing at all when it is not. The hot
+    path never records anything.
     """
 
     def __init__(
