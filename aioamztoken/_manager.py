@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import inspect
 import random
 import sys
@@ -721,7 +722,13 @@ class AsyncTokenManager:
             return
         if entry.timer is not None:
             entry.timer.cancel()
-        entry.timer = loop.call_at(loop.time() + max(0.0, delay), self._on_timer, account_id)
+        # An empty context: the caller's (its spans, say) is not kept alive for a lifetime.
+        entry.timer = loop.call_at(
+            loop.time() + max(0.0, delay),
+            self._on_timer,
+            account_id,
+            context=contextvars.Context(),
+        )
 
     def _on_timer(self, account_id: str) -> None:
         entry = self._entries.get(account_id)

@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import contextvars
 import threading
 import time
 import weakref
@@ -228,11 +227,11 @@ class _Operation:
         "done",
         "lazy",
         "name",
+        "parent",
         "reason",
         "root",
         "span",
         "started",
-        "token",
     )
 
     def __init__(self, name: str, attrs: dict[str, Any], *, lazy: bool, root: bool) -> None:
@@ -243,14 +242,9 @@ class _Operation:
         self.attempts = 0
         self.done = False
         self.span: Any = None
-        self.token: Any = None
+        self.parent: Any = None  # the OpenTelemetry context the span is a child of
         self.started = time.monotonic(), time.time_ns()
         self.root = root
-
-
-_current: contextvars.ContextVar[_Operation | None] = contextvars.ContextVar(
-    "aioamztoken_operation", default=None
-)
 
 
 class _OtelTelemetry(Telemetry):
@@ -271,6 +265,15 @@ class _OtelTelemetry(Telemetry):
         self._instruments = _instruments(meter_provider)
         self._instruments.add_source(self)
         self._tracer = tracer_provider.get_tracer(_NAME, __version__)
+        # The operation each refresh or exchange task is running. Kept by task, not in a
+        # context variable: the timers a refresh schedules copy the context, and would keep
+        # every span alive for a token's lifetime.
+        self._operations: dict[asyncio.Task[Any], _Operation] = {}
+
+    def _current(self) -> _Operation | None:
+        task = asyncio.current_task()
+        op = None if task is None else self._operations.get(task)
+        return None if op is None or op.done else op
 
     def snapshot(self) -> list[Any]:
         """The manager's cached entries now (read from the metric reader's thread)."""
@@ -284,17 +287,15 @@ class _OtelTelemetry(Telemetry):
     # -- spans ------------------------------------------------------------------------
 
     def _open(self, op: _Operation) -> Any:
-        """The span of ``op``, started now if it was not, and made the current span."""
+        """The span of ``op``, started (back at the start of ``op``) if it was not."""
         if op.span is None:
-            parent = self._context.Context() if op.root else None
             op.span = self._tracer.start_span(
                 op.name,
-                context=parent,
+                context=op.parent,
                 kind=self._trace.SpanKind.INTERNAL,
                 attributes=op.attrs,
                 start_time=op.started[1],
             )
-            op.token = self._context.attach(self._trace.set_span_in_context(op.span))
         return op.span
 
     def refresh(
@@ -321,7 +322,11 @@ class _OtelTelemetry(Telemetry):
         return self._run(op, work)
 
     async def _run(self, op: _Operation, work: Coroutine[Any, Any, _T]) -> _T:
-        reset = _current.set(op)
+        task = asyncio.current_task()
+        assert task is not None
+        # A child of the caller's current span (the task copied the caller's context).
+        op.parent = self._context.Context() if op.root else self._context.get_current()
+        self._operations[task] = op
         try:
             if not op.lazy:
                 self._open(op)
@@ -334,9 +339,8 @@ class _OtelTelemetry(Telemetry):
             return result
         finally:
             op.done = True
-            if op.token is not None:
-                self._context.detach(op.token)
-            _current.reset(reset)
+            op.parent = None
+            del self._operations[task]
 
     def _end(self, op: _Operation, exc: BaseException | None) -> None:
         from ._errors import AccountNotFoundError, InvalidGrantError
@@ -372,21 +376,21 @@ class _OtelTelemetry(Telemetry):
 
     def post(self, session: Any, grant_type: str) -> Callable[..., Any]:
         def traced_post(url: str, **kwargs: Any) -> _TracedCall:
-            op = _current.get()
-            if op is not None and not op.done:
+            op = self._current()
+            parent = None
+            attempt = 1
+            if op is not None:
                 op.attempts += 1
-                self._open(op)
                 attempt = op.attempts
-            else:
-                attempt = 1
-            return _TracedCall(self, session.post(url, **kwargs), url, grant_type, attempt)
+                parent = self._trace.set_span_in_context(self._open(op))
+            return _TracedCall(self, session.post(url, **kwargs), url, grant_type, attempt, parent)
 
         return traced_post
 
     @contextlib.contextmanager
     def _lock_wait(self) -> Iterator[None]:
-        op = _current.get()
-        if op is not None and not op.done:
+        op = self._current()
+        if op is not None:
             self._open(op)
         started = time.monotonic()
         try:
@@ -432,6 +436,7 @@ class _TracedCall:
     __slots__ = (
         "_attempt",
         "_grant",
+        "_parent",
         "_request",
         "_span",
         "_status",
@@ -441,9 +446,16 @@ class _TracedCall:
     )
 
     def __init__(
-        self, telemetry: _OtelTelemetry, request: Any, url: str, grant_type: str, attempt: int
+        self,
+        telemetry: _OtelTelemetry,
+        request: Any,
+        url: str,
+        grant_type: str,
+        attempt: int,
+        parent: Any,
     ) -> None:
         self._telemetry = telemetry
+        self._parent = parent
         self._request = request
         self._url = url
         self._grant = grant_type
@@ -467,8 +479,10 @@ class _TracedCall:
         if self._attempt > 1:
             attributes["http.request.resend_count"] = self._attempt - 1
         self._span = telemetry._tracer.start_span(
-            "POST", kind=trace.SpanKind.CLIENT, attributes=attributes
+            "POST", context=self._parent, kind=trace.SpanKind.CLIENT, attributes=attributes
         )
+        self._parent = None
+        # Current while the request is sent, so that an aiohttp instrumentation nests in it.
         self._token = telemetry._context.attach(trace.set_span_in_context(self._span))
         telemetry._instruments.active.add(1)
         try:

@@ -564,3 +564,46 @@ def test_no_providers_means_the_global_ones() -> None:
     assert result["spans"].count("POST") == 2
     assert "aioamztoken.refreshes" in result["metrics"]
     assert "aioamztoken.accounts" in result["metrics"]
+
+
+async def test_a_refresh_cut_short_by_aclose_leaves_nothing_in_flight(
+    make_manager: ManagerFactory, emulator: AmazonEmulator, otel: Otel
+) -> None:
+    mgr = make_manager(**otel.options())
+    await mgr.add_account(ACCOUNT, emulator.issue_refresh_token(ACCOUNT))
+    emulator.latency = 5.0
+    waiting = asyncio.ensure_future(mgr.get_access_token(ACCOUNT))
+    for _ in range(400):
+        if emulator.in_flight:
+            break
+        await asyncio.sleep(0.01)
+    await mgr.aclose()
+    with pytest.raises(at.ManagerClosedError):
+        await waiting
+    points = otel.collect()
+    assert points["aioamztoken.token_requests.active"] == [({}, 0)]
+    assert "aioamztoken.refreshes" not in points  # cancelled: neither ok nor failed
+    (refresh,) = otel.spans("aioamztoken.refresh")
+    assert refresh.attributes is not None
+    assert refresh.attributes["aioamztoken.outcome"] == "cancelled"
+    assert refresh.status.status_code is StatusCode.UNSET
+    (post,) = otel.spans("POST")
+    assert post.status.status_code is StatusCode.ERROR  # no answer came
+
+
+def test_the_blocking_manager_passes_the_providers_on(otel: Otel) -> None:
+    with (
+        AmazonEmulator.running_in_thread() as emu,
+        at.BlockingTokenManager(
+            emu.client_id,
+            emu.client_secret,
+            store=at.MemoryTokenStore(),
+            token_url=emu.token_url,
+            **otel.options(),
+        ) as mgr,
+    ):
+        mgr.add_account(ACCOUNT, emu.issue_refresh_token(ACCOUNT))
+        mgr.get_access_token(ACCOUNT)
+    points = otel.collect()
+    assert points["aioamztoken.refreshes"] == [({"outcome": "ok", "reason": "expired"}, 1)]
+    assert len(otel.spans("aioamztoken.refresh")) == 1
