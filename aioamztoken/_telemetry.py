@@ -48,6 +48,8 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit
 
+from ._errors import AccountNotFoundError, InvalidGrantError
+
 if TYPE_CHECKING:
     from ._models import Token
 
@@ -219,32 +221,19 @@ def _instruments(meter_provider: Any) -> _Instruments:
 
 
 class _Operation:
-    """A refresh or code exchange under way in this task: its span, made on demand."""
+    """A refresh or code exchange under way in one task: its span, made on demand."""
 
-    __slots__ = (
-        "attempts",
-        "attrs",
-        "done",
-        "lazy",
-        "name",
-        "parent",
-        "reason",
-        "root",
-        "span",
-        "started",
-    )
+    __slots__ = ("account_id", "attempts", "done", "name", "reason", "root", "span", "started")
 
-    def __init__(self, name: str, attrs: dict[str, Any], *, lazy: bool, root: bool) -> None:
+    def __init__(self, name: str, account_id: str, reason: str, *, root: bool) -> None:
         self.name = name
-        self.attrs = attrs
-        self.lazy = lazy
-        self.reason = attrs["aioamztoken.reason"]
+        self.account_id = account_id
+        self.reason = reason
+        self.root = root
         self.attempts = 0
         self.done = False
         self.span: Any = None
-        self.parent: Any = None  # the OpenTelemetry context the span is a child of
-        self.started = time.monotonic(), time.time_ns()
-        self.root = root
+        self.started = time.monotonic()
 
 
 class _OtelTelemetry(Telemetry):
@@ -287,14 +276,22 @@ class _OtelTelemetry(Telemetry):
     # -- spans ------------------------------------------------------------------------
 
     def _open(self, op: _Operation) -> Any:
-        """The span of ``op``, started (back at the start of ``op``) if it was not."""
+        """The span of ``op``, started (back at the start of ``op``) if it was not.
+
+        Its parent is the caller's current span: nothing is attached to the context of a
+        refresh task, which is a copy of its caller's. A background refresh is a root.
+        """
         if op.span is None:
+            started_ns = time.time_ns() - int((time.monotonic() - op.started) * 1e9)
             op.span = self._tracer.start_span(
                 op.name,
-                context=op.parent,
+                context=self._context.Context() if op.root else None,
                 kind=self._trace.SpanKind.INTERNAL,
-                attributes=op.attrs,
-                start_time=op.started[1],
+                attributes={
+                    "aioamztoken.account_id": op.account_id,
+                    "aioamztoken.reason": op.reason,
+                },
+                start_time=started_ns,
             )
         return op.span
 
@@ -302,33 +299,21 @@ class _OtelTelemetry(Telemetry):
         self, work: Coroutine[Any, Any, Token], account_id: str, reason: str
     ) -> Coroutine[Any, Any, Token]:
         reason = _REASONS.get(reason, reason)
-        op = _Operation(
-            "aioamztoken.refresh",
-            {"aioamztoken.account_id": account_id, "aioamztoken.reason": reason},
-            lazy=True,
-            root=reason == "background",
-        )
-        return self._run(op, work)
+        op = _Operation("aioamztoken.refresh", account_id, reason, root=reason == "background")
+        return self._run(op, work, lazy=True)
 
     def exchange(
         self, work: Coroutine[Any, Any, Token], account_id: str
     ) -> Coroutine[Any, Any, Token]:
-        op = _Operation(
-            "aioamztoken.exchange_code",
-            {"aioamztoken.account_id": account_id, "aioamztoken.reason": "authorization_code"},
-            lazy=False,
-            root=False,
-        )
-        return self._run(op, work)
+        op = _Operation("aioamztoken.exchange_code", account_id, "authorization_code", root=False)
+        return self._run(op, work, lazy=False)
 
-    async def _run(self, op: _Operation, work: Coroutine[Any, Any, _T]) -> _T:
+    async def _run(self, op: _Operation, work: Coroutine[Any, Any, _T], *, lazy: bool) -> _T:
         task = asyncio.current_task()
         assert task is not None
-        # A child of the caller's current span (the task copied the caller's context).
-        op.parent = self._context.Context() if op.root else self._context.get_current()
         self._operations[task] = op
         try:
-            if not op.lazy:
+            if not lazy:
                 self._open(op)
             try:
                 result = await work
@@ -339,12 +324,9 @@ class _OtelTelemetry(Telemetry):
             return result
         finally:
             op.done = True
-            op.parent = None
             del self._operations[task]
 
     def _end(self, op: _Operation, exc: BaseException | None) -> None:
-        from ._errors import AccountNotFoundError, InvalidGrantError
-
         refresh = op.name == "aioamztoken.refresh"
         if exc is None:
             outcome = "ok" if op.attempts else "adopted"
@@ -359,7 +341,7 @@ class _OtelTelemetry(Telemetry):
         if refresh and outcome in ("ok", "failed", "needs-reauth"):
             attributes = {"outcome": outcome, "reason": op.reason}
             self._instruments.refreshes.add(1, attributes)
-            self._instruments.duration.record(time.monotonic() - op.started[0], attributes)
+            self._instruments.duration.record(time.monotonic() - op.started, attributes)
         if op.span is None and (outcome in ("ok", "adopted", "cancelled")):
             return  # read from the store, or cancelled before any work: no span
         span = self._open(op)
