@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pexpect
@@ -31,10 +31,10 @@ COLUMNS, LINES = 110, 30
 class Terminal:
     """A command on a pty, and the screen it draws."""
 
-    def __init__(self, env: dict[str, str], *args: str) -> None:
+    def __init__(self, env: dict[str, str], *args: str, python: Sequence[str] = ()) -> None:
         self.child = pexpect.spawn(
             sys.executable,
-            ["-m", "aioamztoken", *args],
+            [*(python or ["-m", "aioamztoken"]), *args],
             env={**env, "TERM": "xterm-256color", "COLUMNS": str(COLUMNS), "LINES": str(LINES)},
             dimensions=(LINES, COLUMNS),
             timeout=30,
@@ -196,3 +196,80 @@ def test_a_watch_screen_fits_the_terminal(tmp_path: Path) -> None:
     assert len(lines) <= 20
     assert "... and" in lines[-1]
     assert "100 accounts: 100 fresh" in lines[0]
+
+
+def test_the_watch_shows_the_age_of_an_authorization_where_the_store_knows_it(
+    tmp_path: Path,
+) -> None:
+    from types import SimpleNamespace
+
+    from rich.console import Console
+
+    from aioamztoken._cli_live import _table
+
+    now = time.time()
+    rows = [
+        SimpleNamespace(
+            account_id=name,
+            state=at.AccountState.FRESH,
+            expires_in=3000.0,
+            refreshing=name == "acct-b",
+            last_error=None,
+            authorized_at=authorized_at,
+        )
+        for name, authorized_at in (
+            ("acct-a", now - 3 * 86400),
+            ("acct-b", now - 600),
+            ("acct-c", None),
+        )
+    ]
+    console = Console(file=(tmp_path / "out").open("w"), width=120, height=20)
+    console.print(_table(rows, height=20, interval=2))  # type: ignore[arg-type]
+    console.file.close()
+    lines = {line.split()[0]: line for line in (tmp_path / "out").read_text().splitlines()[2:]}
+    assert "3d ago" in lines["acct-a"]
+    assert "10m00s ago" in lines["acct-b"]
+    assert "(refreshing)" in lines["acct-b"]
+    assert lines["acct-c"].split()[-1] == "-"
+
+
+WITHOUT_RICH = """
+import importlib.abc, sys
+
+class NoRich(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name == "rich" or name.startswith("rich."):
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+
+sys.meta_path.insert(0, NoRich())
+from aioamztoken.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+async def test_without_rich_a_terminal_gets_the_plain_output(
+    emulator: AmazonEmulator, cli: Runner, terminals: list[Terminal], cli_env: dict[str, str]
+) -> None:
+    for n in range(3):
+        await cli("add", f"a{n}", stdin=emulator.issue_refresh_token(f"a{n}"))
+    emulator.revoke("a1")
+    term = Terminal(cli_env, "refresh", "--all", python=["-c", WITHOUT_RICH])
+    terminals.append(term)
+    assert await term.finish(timeout=60) == 1
+    text = term.text()
+    assert "refreshed 2 of 3 accounts" in text
+    assert "aioamztoken: error: a1: needs re-authorization" in text
+    assert "━" not in text
+    term = Terminal(
+        cli_env,
+        "accounts",
+        "--watch",
+        "--interval",
+        "0.1",
+        "--count",
+        "2",
+        python=["-c", WITHOUT_RICH],
+    )
+    terminals.append(term)
+    assert await term.finish(timeout=60) == 0
+    assert term.text().count("ACCOUNT") == 2  # printed twice, not redrawn
