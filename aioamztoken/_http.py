@@ -16,6 +16,7 @@ from ._logging import audit_logger, http_logger
 from ._lwa import TokenRequest, parse_retry_after, parse_token_response
 from ._models import Token
 from ._scrub import scrubbed
+from ._telemetry import NO_TELEMETRY, Telemetry
 
 __all__ = ["ClientSecrets", "RetryPolicy", "TokenEndpoint"]
 
@@ -167,6 +168,7 @@ class TokenEndpoint:
         self.in_flight = 0
         self.closed = False
         self._not_before = 0.0  # monotonic time before which no request is sent (429)
+        self.telemetry: Telemetry = NO_TELEMETRY
 
     def _session(self) -> aiohttp.ClientSession:
         if self.closed:
@@ -387,7 +389,7 @@ class TokenEndpoint:
             # kept only as a scrubbed cause, raised outside the except block below.
             failure: BaseException | None = None
             try:
-                async with self._session().post(
+                async with self.telemetry.post(self._session(), request.grant_type)(
                     request.url,
                     data=request.body,
                     headers=request.headers,

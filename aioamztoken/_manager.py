@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import inspect
 import random
 import sys
@@ -38,6 +39,7 @@ from ._lwa import (
 from ._models import AccountState, AccountStatus, Region, Token
 from ._reauth import DEFAULT_REAUTH_WARNING, ReauthWatch, check_authorized_at
 from ._scrub import raise_without_context, scrubbed
+from ._telemetry import telemetry_for
 from .stores._base import check_store, validate_account_id
 
 if TYPE_CHECKING:
@@ -201,6 +203,11 @@ class AsyncTokenManager:
     ``on_reauth_due(account_id, reauth_due_at)`` runs once (a coroutine function in a task
     of its own) and an audit line is logged; :meth:`status` reports ``authorized_at`` and
     ``reauth_due_at``.
+
+    ``meter_provider`` and ``tracer_provider`` receive OpenTelemetry metrics and spans
+    (the ``[otel]`` extra; :doc:`/observability`). ``None`` means the global providers
+    when ``opentelemetry-api`` is installed, and nothing at all when it is not. The hot
+    path never records anything.
     """
 
     def __init__(
@@ -227,6 +234,8 @@ class AsyncTokenManager:
         authorization_max_age: float | None = None,
         reauth_warning: float = DEFAULT_REAUTH_WARNING,
         on_reauth_due: OnReauthDue | None = None,
+        meter_provider: Any = None,
+        tracer_provider: Any = None,
     ) -> None:
         if not client_id or not client_secret:
             raise ValueError("client_id and client_secret must be non-empty strings")
@@ -276,6 +285,9 @@ class AsyncTokenManager:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
         self._rng = random.Random()
+        # OpenTelemetry (docs/observability.rst): a no-op without the API, never on the hot path.
+        self._telemetry = telemetry_for(self._entries.values, meter_provider, tracer_provider)
+        self._endpoint.telemetry = self._telemetry
 
     def __repr__(self) -> str:
         return (
@@ -502,7 +514,9 @@ class AsyncTokenManager:
         if self._closed:
             raise ManagerClosedError("this AsyncTokenManager is closed; create a new one")
         task = loop.create_task(
-            self._run_refresh(account_id, stale, force, reason),
+            self._telemetry.refresh(
+                self._run_refresh(account_id, stale, force, reason), account_id, reason
+            ),
             name=f"aioamztoken-refresh:{account_id}",
         )
         self._inflight[account_id] = task
@@ -693,7 +707,8 @@ class AsyncTokenManager:
             try:
                 # In this task, not a helper task: some locks belong to the task that took them.
                 async with _deadline(deadline):
-                    await cm.__aenter__()
+                    with self._telemetry.lock_wait():
+                        await cm.__aenter__()
             except asyncio.TimeoutError:
                 raise TokenEndpointError(
                     f"account {account_id!r}: another process has been refreshing it for "
@@ -779,7 +794,13 @@ class AsyncTokenManager:
             return
         if entry.timer is not None:
             entry.timer.cancel()
-        entry.timer = loop.call_at(loop.time() + max(0.0, delay), self._on_timer, account_id)
+        # An empty context: the caller's (its spans, say) is not kept alive for a lifetime.
+        entry.timer = loop.call_at(
+            loop.time() + max(0.0, delay),
+            self._on_timer,
+            account_id,
+            context=contextvars.Context(),
+        )
 
     def _on_timer(self, account_id: str) -> None:
         entry = self._entries.get(account_id)
@@ -944,7 +965,10 @@ class AsyncTokenManager:
         # A task of its own: a caller that gives up (a timeout) after the endpoint answered
         # must not lose the tokens, the code being spent by then.
         task = self._track(
-            self._exchange(account_id, code, redirect_uri, code_verifier), must_finish=False
+            self._telemetry.exchange(
+                self._exchange(account_id, code, redirect_uri, code_verifier), account_id
+            ),
+            must_finish=False,
         )
         try:
             return await asyncio.shield(task)

@@ -39,7 +39,7 @@ from __future__ import annotations
 import enum
 import json
 import logging
-from collections.abc import Awaitable, Iterable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from typing import Literal, Protocol
 from urllib.parse import urlsplit
 
@@ -390,10 +390,17 @@ class RejectionGuard:
     state is a single tuple, so threads may share it.
     """
 
-    __slots__ = ("__weakref__", "_uncured", "cooldown")
+    __slots__ = ("__weakref__", "_uncured", "cooldown", "on_retry")
 
-    def __init__(self, cooldown: float = REJECTION_COOLDOWN) -> None:
+    def __init__(
+        self,
+        cooldown: float = REJECTION_COOLDOWN,
+        *,
+        on_retry: Callable[[str], None] | None = None,
+    ) -> None:
         self.cooldown = cooldown
+        self.on_retry = on_retry
+        """Called with the API family each time a retry is decided (telemetry counts it)."""
         self._uncured: tuple[str, float] = ("", float("-inf"))
 
     def __repr__(self) -> str:
@@ -455,6 +462,8 @@ def decide(
     if not guard.may_refresh(token, now):
         return Verdict.UNCURED
     note_retry(policy.api, status)
+    if guard.on_retry is not None:
+        guard.on_retry(policy.api)
     return Verdict.RETRY
 
 

@@ -43,7 +43,10 @@ def shared_guard(owner: object, key: str) -> RejectionGuard:
             by_key = _guards[owner] = collections.OrderedDict()
         guard = by_key.get(key)
         if guard is None:
-            guard = by_key[key] = RejectionGuard()
+            # The owner's telemetry (a manager's) counts the retries the guard allows.
+            telemetry = getattr(owner, "_telemetry", None)
+            on_retry = None if telemetry is None else telemetry.http_retry
+            guard = by_key[key] = RejectionGuard(on_retry=on_retry)
             if len(by_key) > MAX_GUARDS:
                 by_key.popitem(last=False)
         else:

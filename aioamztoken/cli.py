@@ -157,6 +157,13 @@ def _build_parser() -> argparse.ArgumentParser:
 
     accounts = commands.add_parser("accounts", help="list accounts with state and time to expiry")
     accounts.set_defaults()  # --json is a global option: before or after the command
+    accounts.add_argument(
+        "--watch", action="store_true", help="a live table, updated in place until Ctrl-C"
+    )
+    accounts.add_argument(
+        "--interval", type=float, default=2.0, help="seconds between --watch updates (2)"
+    )
+    accounts.add_argument("--count", type=int, help="with --watch: stop after COUNT updates")
 
     refresh = commands.add_parser("refresh", help="refresh one account, or all of them")
     which = refresh.add_mutually_exclusive_group(required=True)
@@ -233,6 +240,8 @@ def _main(argv: Sequence[str] | None) -> int:
     try:
         return asyncio.run(_run(args))
     except KeyboardInterrupt:
+        if getattr(args, "watch", False):
+            return EXIT_OK  # Ctrl-C is how a watch ends
         _fail("interrupted")
         return EXIT_INTERRUPTED
     except CliError as exc:
@@ -383,6 +392,8 @@ async def _run(args: argparse.Namespace) -> int:
         return EXIT_OK
     if command == "accounts":
         async with _manager(args, network=False) as mgr:
+            if args.watch:
+                return await _watch(mgr, args)
             return await _accounts(mgr, as_json=args.json, store=args.store_shown)
     async with _manager(args, network=True) as mgr:
         if command == "token":
@@ -491,40 +502,46 @@ def _state_name(status: Any, never: str) -> str:
     return str(status.state.value)
 
 
+async def _watch(mgr: AsyncTokenManager, args: argparse.Namespace) -> int:
+    from ._cli_live import watch_accounts
+
+    if not args.interval > 0 or (args.count is not None and args.count < 1):
+        raise CliError("--interval must be positive and --count at least 1", EXIT_USAGE)
+    return await watch_accounts(
+        mgr,
+        interval=args.interval,
+        count=args.count,
+        plain=lambda: _accounts(mgr, as_json=args.json, store=args.store_shown),
+    )
+
+
 async def _refresh_all(mgr: AsyncTokenManager, out: TextIO | None = None) -> int:
+    from ._cli_live import has_rich, refresh_all_live
+
     out = out or sys.stderr
     accounts = await mgr.accounts()
-    show_bar = out.isatty()
-    done = 0
-    failures: list[tuple[str, str]] = []
 
-    async def one(account_id: str) -> None:
-        nonlocal done
+    async def one(account_id: str) -> str | None:
+        """Refresh one account; what went wrong, if anything."""
         try:
             await mgr.refresh(account_id)
         except InvalidGrantError:
-            failures.append(
-                (account_id, f"needs re-authorization: run 'aioamztoken login {account_id}'")
-            )
+            return f"needs re-authorization: run 'aioamztoken login {account_id}'"
         except AmzTokenError as exc:
-            failures.append((account_id, f"{type(exc).__name__}: {exc}"))
-        done += 1
-        if show_bar:
-            _progress(out, done, len(accounts))
+            return f"{type(exc).__name__}: {exc}"
+        return None
 
-    await asyncio.gather(*(one(a) for a in accounts))
-    if show_bar:
-        out.write("\n")
+    # On a terminal: a progress bar, each failure shown as it happens.
+    live = out.isatty() and has_rich()
+    if live:
+        failures = await refresh_all_live(accounts, one, out)
+    else:
+        outcomes = await asyncio.gather(*(one(a) for a in accounts))
+        failures = [(a, r) for a, r in zip(accounts, outcomes, strict=True) if r is not None]
     print(f"refreshed {len(accounts) - len(failures)} of {len(accounts)} accounts")
-    for account_id, reason in sorted(failures):
+    for account_id, reason in sorted(failures) if not live else ():
         _fail(f"{account_id}: {reason}")
     return EXIT_OK if not failures else EXIT_FAILURE
-
-
-def _progress(out: TextIO, done: int, total: int, width: int = 30) -> None:
-    filled = width * done // max(total, 1)
-    out.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total}")
-    out.flush()
 
 
 async def _migrate(source_url: str, target_url: str) -> int:

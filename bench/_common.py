@@ -62,10 +62,14 @@ def render(title: str, rows: Sequence[Row]) -> str:
     return "\n".join(lines)
 
 
-def parse_args(description: str, argv: list[str] | None = None) -> argparse.Namespace:
+def parse_args(
+    description: str, argv: list[str] | None = None, *, data: str | None = None
+) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--json", help="also write the summary rows to this file")
     parser.add_argument("--quick", action="store_true", help="smaller, faster run")
+    if data is not None:
+        parser.add_argument("--data", metavar="PATH", help=data)
     return parser.parse_args(argv)
 
 

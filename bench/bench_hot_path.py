@@ -8,6 +8,9 @@ the median of the per-round ratios (best-of-rounds is printed too):
 
 - ``bare``: ``async def bare(key): return cache[key]``, the least an async getter can cost;
 - ``aioamztoken``: ``AsyncTokenManager.get_access_token`` with a fresh cached token;
+- ``aioamztoken+otel``: the same call on a manager given OpenTelemetry SDK providers (a
+  metric reader and a span processor attached), skipped if ``opentelemetry-sdk`` is not
+  installed: the hot path makes no instrument call, so the two must time alike;
 - ``authlib``: Authlib's ``AsyncOAuth2Client.ensure_active_token`` with a valid token
   (what its ``request()`` runs before every call), skipped with a message if Authlib is
   not installed (``.venv/bin/pip install authlib httpx``; not a project dependency).
@@ -44,6 +47,12 @@ ROUNDS = 31
 class HotPath:
     timing: Timing
     has_authlib: bool
+    has_otel: bool = False
+
+    @property
+    def otel_ratio(self) -> float:
+        """Median per-round ratio of the manager with OpenTelemetry providers to without."""
+        return self.timing.median_ratio("aioamztoken+otel", "aioamztoken")
 
     @property
     def ratio(self) -> float:
@@ -84,6 +93,36 @@ async def authlib_getter() -> AsyncIterator[Callable[[str], Awaitable[object]] |
         await client.aclose()
 
 
+@asynccontextmanager
+async def otel_manager(store: at.MemoryTokenStore) -> AsyncIterator[at.AsyncTokenManager | None]:
+    """A manager wired to OpenTelemetry SDK providers, or ``None`` without the SDK."""
+    try:
+        from opentelemetry.sdk.metrics import MeterProvider
+        from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+        from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+    except ImportError:
+        yield None
+        return
+    meters = MeterProvider(metric_readers=[InMemoryMetricReader()])
+    tracers = TracerProvider()
+    tracers.add_span_processor(SimpleSpanProcessor(InMemorySpanExporter()))
+    try:
+        async with at.AsyncTokenManager(
+            "client-id",
+            "client-secret",
+            store=store,
+            token_url="http://127.0.0.1:9/never",
+            meter_provider=meters,
+            tracer_provider=tracers,
+        ) as mgr:
+            yield mgr
+    finally:
+        meters.shutdown()
+        tracers.shutdown()
+
+
 async def measure(*, calls: int = CALLS, rounds: int = ROUNDS) -> HotPath:
     """Time the three contenders (two without Authlib) in one run."""
     store = at.MemoryTokenStore()
@@ -98,19 +137,23 @@ async def measure(*, calls: int = CALLS, rounds: int = ROUNDS) -> HotPath:
             "client-id", "client-secret", store=store, token_url="http://127.0.0.1:9/never"
         ) as mgr,
         authlib_getter() as authlib,
+        otel_manager(store) as traced,
     ):
         await mgr.get_access_token("acct")  # loaded once; every call after is the hot path
         contenders: dict[str, Callable[[str], Awaitable[object]]] = {
             "bare": bare,
             "aioamztoken": mgr.get_access_token,
         }
+        if traced is not None:
+            await traced.get_access_token("acct")
+            contenders["aioamztoken+otel"] = traced.get_access_token
         if authlib is not None:
             contenders["authlib"] = authlib
         # Authlib's call is ~50x slower: a twentieth of the calls gives as good a figure.
         timing = await interleaved(
             contenders, "acct", rounds=rounds, calls=calls, slow={"authlib": 20}
         )
-    return HotPath(timing, authlib is not None)
+    return HotPath(timing, authlib is not None, traced is not None)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -134,6 +177,21 @@ def main(argv: list[str] | None = None) -> None:
             f"{result.ratio:.2f}x (best {result.best_ratio:.2f}x)",
         )
     ]
+    if result.has_otel:
+        print(
+            f"  {'... with OpenTelemetry SDK':32} {t.median('aioamztoken+otel'):8.1f} "
+            f"{t.best('aioamztoken+otel'):8.1f}"
+        )
+        rows.append(
+            Row(
+                "hot path with OpenTelemetry vs without",
+                f"{t.median('aioamztoken+otel'):.0f} ns",
+                f"{t.median('aioamztoken'):.0f} ns",
+                f"{result.otel_ratio:.2f}x",
+            )
+        )
+    else:
+        print("  opentelemetry-sdk not installed: the OpenTelemetry line is skipped")
     if result.has_authlib:
         print(
             f"  {'Authlib ensure_active_token':32} {t.median('authlib'):8.1f} "

@@ -13,12 +13,19 @@ asking for random accounts meanwhile. Reported:
   baseline of no spreading (all 10,000 due in the same instant);
 - the peak of requests in flight at the endpoint, beside the cap (10);
 - callers: calls made, errors, and the slowest call (none waits for a refresh).
+
+``--data PATH`` also writes the run's time series as JSON: token requests per 0.25 s bin
+and the requests in flight at the emulator, sampled every 20 ms, both against seconds
+since the tokens became due. ``docs/figures/waves.py`` plots that file for the docs
+(``docs/figures/waves.json`` is a real run of this script).
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import json
+import platform
 import random
 import sys
 import time
@@ -53,6 +60,10 @@ class Waves:
     calls: int
     caller_errors: int
     slowest_call: float
+    request_times: list[float]
+    """When each token request arrived, in seconds since the tokens became due."""
+    in_flight: list[tuple[float, int]]
+    """(seconds since the tokens became due, requests in flight at the emulator)."""
 
     @property
     def mean_rate(self) -> float:
@@ -82,6 +93,7 @@ async def run_waves(
         ids = [f"amzn1.account.{n:06d}" for n in range(accounts)]
         store = at.MemoryTokenStore()
         expires_at = time.time() + lead + buffer  # the same moment for every token
+        due = time.monotonic() + lead  # when that moment minus the buffer comes
         for account_id in ids:
             token = at.Token(
                 emu.issue_access_token(account_id, lifetime=lead + buffer),
@@ -117,7 +129,17 @@ async def run_waves(
                     calls += 1
                     await asyncio.sleep(0.005)  # the caller's own work
 
+            samples: list[tuple[float, int]] = []
+
+            async def sample() -> None:
+                while time.monotonic() < deadline:
+                    samples.append((time.monotonic() - due, emu.in_flight))
+                    await asyncio.sleep(0.02)
+
+            sampler = asyncio.create_task(sample())
             await asyncio.gather(*(caller() for _ in range(workers)))
+            sampler.cancel()
+            await asyncio.gather(sampler, return_exceptions=True)
             times = sorted(r.time for r in emu.token_log)
             first = times[0] if times else 0.0
             bins = collections.Counter(int(t - first) for t in times)
@@ -134,11 +156,15 @@ async def run_waves(
                 calls=calls,
                 caller_errors=errors,
                 slowest_call=slowest,
+                request_times=[t - due for t in times],
+                in_flight=samples,
             )
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = parse_args(__doc__.splitlines()[0], argv)
+    args = parse_args(
+        __doc__.splitlines()[0], argv, data="also write the run's time series (JSON) here"
+    )
     started = time.monotonic()
     accounts = 2_000 if args.quick else ACCOUNTS
     w = asyncio.run(run_waves(accounts=accounts))
@@ -179,6 +205,36 @@ def main(argv: list[str] | None = None) -> None:
         ),
     ]
     finish("refresh wave summary", rows, args, started)
+    if args.data:
+        write_data(args.data, w)
+
+
+def write_data(path: str, w: Waves, bin_width: float = 0.25) -> None:
+    """The time series of a run, for ``docs/figures/waves.py``."""
+    bins = collections.Counter(int(t // bin_width) for t in w.request_times)
+    first, last = (min(bins), max(bins)) if bins else (0, -1)
+    with open(path, "w", encoding="utf-8") as out:
+        json.dump(
+            {
+                "command": "python bench/bench_waves.py --data docs/figures/waves.json",
+                "recorded": time.strftime("%Y-%m-%d", time.gmtime()),
+                "python": platform.python_version(),
+                "accounts": w.accounts,
+                "refresh_buffer": BUFFER,
+                "window": w.window,
+                "cap": w.cap,
+                "token_requests": w.token_requests,
+                "peak_in_flight": w.peak_in_flight,
+                "bin_width": bin_width,
+                "bins": [
+                    [round(n * bin_width, 3), bins[n]] for n in range(first, last + 1)
+                ],
+                "in_flight": [[round(t, 3), n] for t, n in w.in_flight],
+            },
+            out,
+            separators=(",", ":"),
+        )
+        out.write("\n")
 
 
 if __name__ == "__main__":

@@ -5,7 +5,14 @@ Build: ``sphinx-build -W --keep-going -b html docs docs/_build/html`` (``tox -e 
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+from typing import Any
+
 import aioamztoken
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE / "figures"))
 
 project = "aioamztoken"
 author = "The aioamztoken developers"
@@ -16,7 +23,13 @@ version = release
 extensions = [
     "sphinx.ext.autodoc",
     "sphinx.ext.viewcode",
+    "sphinx.ext.graphviz",
 ]
+
+# The pictures: matplotlib figures drawn by docs/figures/*.py into docs/_generated/ at every
+# build, and Graphviz sources rendered by Debian's `dot`; all SVG, nothing fetched.
+graphviz_output_format = "svg"
+graphviz_dot_args = ["-Gfontname=DejaVu Sans"]
 
 # The docstrings are plain reStructuredText (no Google/NumPy sections), so no napoleon:
 # it would read "Valid, inside the refresh buffer: ..." attribute docstrings as types.
@@ -51,4 +64,14 @@ html_title = f"aioamztoken {release}"
 html_static_path = ["_static"]
 html_css_files = ["aioamztoken.css"]
 pygments_style = "sphinx"
-exclude_patterns = ["_build"]
+exclude_patterns = ["_build", "figures"]
+
+
+def _render_figures(app: Any) -> None:
+    from build import render_all
+
+    render_all(HERE / "_generated")
+
+
+def setup(app: Any) -> None:
+    app.connect("builder-inited", _render_figures)
