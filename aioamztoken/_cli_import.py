@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from ._manager import AsyncTokenManager
+from .stores._base import validate_account_id
 
 __all__ = ["Found", "add_import_command", "confuse_dirs", "find_credentials", "run_import"]
 
@@ -141,6 +142,10 @@ def _load_yaml(path: Path) -> Any:
         raise ImportProblem(
             f"{path} is not valid YAML{where}; nothing was imported: fix it and try again"
         ) from None
+    except RecursionError:  # PyYAML composes nested collections recursively
+        raise ImportProblem(
+            f"{path} nests too deeply to be a credentials file; nothing was imported"
+        ) from None
 
 
 def read_file(tool: str, path: Path) -> list[Found]:
@@ -208,6 +213,8 @@ def read_environment(tool: str, environ: Mapping[str, str]) -> list[Found]:
         token = environ[variable].strip()
         if not token:
             continue
+        if variable == prefix and environ.get(prefix + "_default", "").strip():
+            continue  # the tool reads SP_API_REFRESH_TOKEN_default first for "default"
         account = variable[len(prefix) + 1 :] or "default"
         suffix = "" if variable == prefix else "_" + account
         client_id = environ.get("LWA_APP_ID" + suffix) or environ.get("LWA_APP_ID") or None
@@ -350,6 +357,13 @@ async def _run(mgr: AsyncTokenManager, args: argparse.Namespace, env: Mapping[st
     plan: list[tuple[str, Found, str]] = []  # account id, what, "new" | "replace" | "same"
     conflicts = []
     for account_id, item in sorted(named.items()):
+        try:
+            validate_account_id(account_id)
+        except ValueError as exc:  # checked before anything is written
+            raise ImportProblem(
+                f"{item.origin}: account {account_id!r} cannot be imported ({exc}); nothing "
+                "was imported: rename it, or pass --prefix"
+            ) from None
         stored = await mgr.store.load(account_id)
         if stored is None:
             plan.append((account_id, item, "new"))

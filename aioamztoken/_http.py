@@ -11,7 +11,13 @@ import aiohttp
 import backoff
 from backoff.types import Details
 
-from ._errors import InvalidClientError, ManagerClosedError, TokenEndpointError, TokenRefreshError
+from ._errors import (
+    InvalidClientError,
+    InvalidGrantError,
+    ManagerClosedError,
+    TokenEndpointError,
+    TokenRefreshError,
+)
 from ._logging import audit_logger, http_logger
 from ._lwa import TokenRequest, parse_retry_after, parse_token_response
 from ._models import Token
@@ -204,10 +210,12 @@ class TokenEndpoint:
         With :attr:`secrets` set, the request is signed with the preferred secret; an
         ``invalid_client`` answer moves on at once (no backoff) to the next, within the
         same budget. Client authentication comes before the grant is looked at, so a
-        code is not spent by a rejected secret. The first secret accepted becomes the
-        preferred one. :class:`InvalidClientError` is raised only once every secret has
-        been rejected, saying how many were tried (``secrets_tried``). Otherwise as
-        :meth:`_send`; ``attempts`` counts the requests for every secret.
+        code is not spent by a rejected secret. The first secret accepted (answered with
+        a token, or with ``invalid_grant``, which the endpoint says only of a client it
+        authenticated) becomes the preferred one. :class:`InvalidClientError` is raised
+        only once every secret has been rejected, saying how many were tried
+        (``secrets_tried``). Otherwise as :meth:`_send`; ``attempts`` counts the requests
+        for every secret.
         """
         if deadline is None:
             deadline = time.monotonic() + self.policy.max_time
@@ -240,19 +248,16 @@ class TokenEndpoint:
                 rejected.append(secrets.number(candidate))
                 refusal = exc
                 continue
+            except InvalidGrantError as exc:
+                # The server judged the grant, so it authenticated the client first
+                # (RFC 6749 section 5.2): this secret works; only the grant does not.
+                self._accepted(secrets, candidate, generation, rejected, account_id)
+                exc.attempts += attempts
+                raise
             except (TokenEndpointError, TokenRefreshError) as exc:
                 exc.attempts += attempts
                 raise
-            secrets.accepted(candidate, generation)
-            if rejected:
-                audit_logger.info(
-                    "client-secret account=%r outcome=ok: secret #%d of %d accepted after %s "
-                    "rejected",
-                    account_id,
-                    secrets.number(candidate),
-                    len(secrets),
-                    ", ".join(f"#{n}" if n else "a secret no longer listed" for n in rejected),
-                )
+            self._accepted(secrets, candidate, generation, rejected, account_id)
             return token, attempts + used
         assert refusal is not None
         count = len(tried)
@@ -272,6 +277,26 @@ class TokenEndpoint:
                 count,
             )
         raise error
+
+    @staticmethod
+    def _accepted(
+        secrets: ClientSecrets, secret: str, generation: int, rejected: list[int], account_id: str
+    ) -> None:
+        """``secret`` passed client authentication: prefer it, and say so after refusals."""
+        secrets.accepted(secret, generation)
+        if not rejected:
+            return
+        names = [f"#{n}" if n else "a secret no longer listed" for n in rejected]
+        before = names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
+        audit_logger.info(
+            "client-secret account=%r outcome=ok: secret #%d of %d was accepted after %s %s "
+            "rejected",
+            account_id,
+            secrets.number(secret),
+            len(secrets),
+            before,
+            "was" if len(names) == 1 else "were",
+        )
 
     async def _send(
         self,

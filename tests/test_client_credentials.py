@@ -138,7 +138,7 @@ async def test_old_then_new_costs_two_requests_once_and_one_ever_after(
     audit = [r.getMessage() for r in caplog.records if r.name == "aioamztoken.audit"]
     accepted = [m for m in audit if "client-secret" in m]
     assert len(accepted) == 1
-    assert "secret #2 of 2 accepted after #1 rejected" in accepted[0]
+    assert "secret #2 of 2 was accepted after #1 was rejected" in accepted[0]
     assert [r.levelno for r in caplog.records if "client-secret" in r.getMessage()] == [
         logging.INFO
     ]
