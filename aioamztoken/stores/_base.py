@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+from dataclasses import replace
 from typing import Protocol, runtime_checkable
 
 from .._models import Token
 
-__all__ = ["LockingTokenStore", "TokenStore", "validate_account_id"]
+__all__ = ["LockingTokenStore", "TokenStore", "mark_refused", "validate_account_id"]
 
 
 @runtime_checkable
@@ -73,3 +74,24 @@ def validate_account_id(account_id: str) -> str:
     except UnicodeEncodeError:
         raise ValueError("an account id must be valid Unicode (no lone surrogates)") from None
     return account_id
+
+
+async def mark_refused(store: TokenStore, account_id: str, refresh_token: str) -> bool:
+    """Record in ``store`` that ``refresh_token`` of ``account_id`` was refused
+    (``invalid_grant``), unless the store holds another refresh token by now.
+
+    A store's own ``mark_needs_reauth(account_id, refresh_token) -> bool`` does it
+    atomically (every store of this package has one). For a store without it, the record
+    is read, compared and saved, which is safe under the store's lock but not atomic.
+    Returns whether the stored record holds ``refresh_token``, flagged; ``False`` when it
+    holds another refresh token (a newer one: nothing was written) or is absent.
+    """
+    mark = getattr(store, "mark_needs_reauth", None)
+    if mark is not None:
+        return bool(await mark(account_id, refresh_token))
+    current = await store.load(account_id)
+    if current is None or current.refresh_token != refresh_token:
+        return False
+    if not current.needs_reauth:
+        await store.save(account_id, replace(current, needs_reauth=True))
+    return True
