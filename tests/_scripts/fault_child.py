@@ -86,7 +86,7 @@ async def probe(kind: str, path: str, operation: str) -> None:
         else:
             await store.accounts()
         outcome: dict[str, object] = {"ok": True}
-    except BaseException as exc:  # noqa: BLE001 (reported to the parent, whatever it is)
+    except BaseException as exc:
         outcome = {"error": type(exc).__name__, "message": str(exc)}
     outcome["seconds"] = time.monotonic() - started
     print(json.dumps(outcome), flush=True)
