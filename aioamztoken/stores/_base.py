@@ -19,6 +19,11 @@ class TokenStore(Protocol):
     record or the new one, never a torn one. Data the store cannot read must raise
     :class:`~aioamztoken.StorageError` and must never be overwritten or deleted.
 
+    Optional: ``async def mark_needs_reauth(account_id, refresh_token) -> bool``, which
+    flags the stored record as needing re-authorization only if it still holds
+    ``refresh_token``, atomically (every store of this package has one). Without it the
+    manager reads, compares and saves, which is safe only under the store's lock.
+
     Concurrency: the manager calls a store from its event loop, concurrently for
     different accounts, so a store must be safe to share between tasks on one event loop
     and must not block it (run blocking I/O in a worker thread).
