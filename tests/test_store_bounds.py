@@ -181,3 +181,14 @@ def test_the_default_caps_are_documented_values() -> None:
         FileTokenStore("x", max_file_size=0)
     with pytest.raises(ValueError, match="max_file_size"):
         DirectoryTokenStore("x", max_file_size=0)
+
+
+async def test_a_socket_at_the_store_path_is_refused_at_once(tmp_path: Path) -> None:
+    import socket
+
+    path = tmp_path / "tokens.json"
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.bind(str(path))
+        with pytest.raises(StorageError, match="a socket"):
+            await asyncio.wait_for(FileTokenStore(path).save("a", token()), 5)
+        assert stat.S_ISSOCK(os.lstat(path).st_mode)

@@ -417,3 +417,80 @@ async def test_remove_account_racing_a_refresh_on_a_lockless_store_never_brings_
             for account_id in accounts:
                 with pytest.raises(AccountNotFoundError):
                     await mgr.get_access_token(account_id)
+
+
+async def test_a_refresh_token_replaced_during_a_refused_refresh_is_kept_and_used_next() -> None:
+    """Our refresh was refused because another writer (holding no lock we know of) had
+    rotated the refresh token meanwhile: the new one is kept unflagged, the caller gets a
+    transient error (not a re-authorization), and the next call refreshes with it."""
+    async with AmazonEmulator() as emulator:
+        store = MemoryTokenStore()
+        dead = emulator.issue_refresh_token("acct")
+        await store.save("acct", Token("Atza|old", dead, 1.0))
+        async with AsyncTokenManager(
+            emulator.client_id, emulator.client_secret, store=store, token_url=emulator.token_url
+        ) as mgr:
+            emulator.latency = 1.0
+            call = asyncio.ensure_future(mgr.get_access_token("acct"))
+            await until(lambda: emulator.in_flight == 1)
+            live = emulator.issue_refresh_token("acct")
+            await store.save("acct", Token("Atza|old", live, 1.0))  # expired: must refresh
+            emulator.revoke_refresh_token(dead)
+            with pytest.raises(at.TokenEndpointError, match="replaced"):
+                await call
+            assert await store.load("acct") == Token("Atza|old", live, 1.0)  # not flagged
+            emulator.latency = 0.0
+            assert await mgr.get_access_token("acct") == emulator.current_access_token("acct")
+            stored = await store.load("acct")
+            assert stored is not None
+            assert stored.refresh_token == live
+            assert not stored.needs_reauth
+
+
+async def test_a_refused_refresh_token_still_stored_is_flagged_for_every_process(
+    tmp_path: Path,
+) -> None:
+    async with AmazonEmulator() as emulator:
+        store = FileTokenStore(tmp_path / "t.json")
+        refused = emulator.issue_refresh_token("acct")
+        await store.save("acct", Token("", refused, 0.0))
+        emulator.revoke("acct")
+        async with AsyncTokenManager(
+            emulator.client_id, emulator.client_secret, store=store, token_url=emulator.token_url
+        ) as mgr:
+            with pytest.raises(at.InvalidGrantError):
+                await mgr.get_access_token("acct")
+        stored = await FileTokenStore(tmp_path / "t.json").load("acct")
+        assert stored == Token("", refused, 0.0, needs_reauth=True)
+
+
+class PlainStore(RemoteStore):
+    """No lock() and no mark_needs_reauth(), with instant calls."""
+
+    def __init__(self) -> None:
+        super().__init__(read_trip=0.0, write_trip=0.0)
+
+
+class BrokenMarkStore(PlainStore):
+    async def mark_needs_reauth(self, account_id: str, refresh_token: str) -> bool:
+        raise OSError(5, "Input/output error")
+
+
+@pytest.mark.parametrize("store_class", [PlainStore, BrokenMarkStore])
+async def test_a_refused_refresh_token_on_a_store_that_cannot_be_marked_still_needs_reauth(
+    store_class: type[PlainStore],
+) -> None:
+    async with AmazonEmulator() as emulator:
+        store = store_class()
+        refused = emulator.issue_refresh_token("acct")
+        store.tokens["acct"] = Token("", refused, 0.0)
+        emulator.revoke("acct")
+        async with AsyncTokenManager(
+            emulator.client_id, emulator.client_secret, store=store, token_url=emulator.token_url
+        ) as mgr:
+            with pytest.raises(at.InvalidGrantError):
+                await mgr.get_access_token("acct")
+            with pytest.raises(at.InvalidGrantError):  # at once, from memory
+                await mgr.get_access_token("acct")
+            assert emulator.token_requests == 1
+        assert store.tokens["acct"] == Token("", refused, 0.0)  # nothing was written
