@@ -12,6 +12,7 @@ import fcntl
 import os
 from collections.abc import AsyncIterator, Callable, Iterable
 from pathlib import Path
+from typing import TypeAlias
 
 from ._fs import open_lock_file, os_failure, run_sync
 
@@ -19,7 +20,7 @@ __all__ = ["KeyedLock", "LockAbandoned", "LockFiles", "lock_file"]
 
 #: Where a lock file is: a path, or a function (run in a worker thread) that finds it, so
 #: that a store can resolve symlinks each time rather than once.
-LockPath = Path | Callable[[], Path]
+LockPath: TypeAlias = "Path | Callable[[], Path]"
 
 # Polling delays (seconds) while another process holds a lock: quick at first, then
 # backing off so that waiters cost little.
