@@ -135,3 +135,18 @@ async def test_a_save_cancelled_once_its_write_has_begun_finishes_the_write(
         await task
     # The cancelled caller returned only once its write was on disk.
     assert await FileTokenStore(path).load("late") == token(7)
+
+
+async def test_withdrawing_a_save_brings_back_the_earlier_save_it_replaced(tmp_path: Path) -> None:
+    store = FileTokenStore(tmp_path / "tokens.json")
+    async with held_by_another_process(tmp_path / ".tokens.json.locks" / "file.lock"):
+        kept = asyncio.ensure_future(store.save("a", token(1)))
+        await asyncio.sleep(0.1)
+        withdrawn = asyncio.ensure_future(store.save("a", token(2)))  # replaces it, queued
+        await asyncio.sleep(0.1)
+        withdrawn.cancel()
+        await ends_within(asyncio.ensure_future(asyncio.wait([withdrawn])), STOP_BOUND)
+        assert withdrawn.cancelled()
+        assert not kept.done()  # still waiting for the lock
+    await asyncio.wait_for(kept, 10)  # written once the other process lets go
+    assert await store.load("a") == token(1)

@@ -33,13 +33,29 @@ _Change: TypeAlias = "tuple[Token | None, object]"
 class _Batch:
     """Changes queued while the file is being written, to be written together next."""
 
-    __slots__ = ("changes", "written")
+    __slots__ = ("changes", "queued", "written")
 
     def __init__(self) -> None:
-        self.changes: dict[str, _Change] = {}
+        self.changes: dict[str, _Change] = {}  # the latest change of each account
+        self.queued: dict[str, list[_Change]] = {}  # every change still awaited, oldest first
         self.written: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         # Read the outcome even if every caller was cancelled: no "never retrieved" noise.
         self.written.add_done_callback(lambda f: f.cancelled() or f.exception())
+
+    def add(self, account_id: str, change: _Change) -> None:
+        self.queued.setdefault(account_id, []).append(change)
+        self.changes[account_id] = change
+
+    def withdraw(self, account_id: str, change: _Change) -> None:
+        """Take back ``change``; an earlier change of the account it replaced comes back."""
+        queued = self.queued.get(account_id, [])
+        if change in queued:
+            queued.remove(change)
+        if queued:
+            self.changes[account_id] = queued[-1]
+        else:
+            self.queued.pop(account_id, None)
+            self.changes.pop(account_id, None)
 
     def withdrawn(self) -> bool:
         """True once every change queued here was withdrawn by its (cancelled) caller."""
@@ -175,15 +191,14 @@ class FileTokenStore:
         if batch is None:
             batch = self._queued = _Batch()
         change: _Change = (token, object())
-        batch.changes[account_id] = change
+        batch.add(account_id, change)
         if self._writer is None or self._writer.done():
             self._writer = asyncio.create_task(self._write_queued())
         try:
             await asyncio.shield(batch.written)
         except asyncio.CancelledError:
             if batch is self._queued:  # not being written yet: withdraw the change
-                if batch.changes.get(account_id) is change:
-                    del batch.changes[account_id]
+                batch.withdraw(account_id, change)
             else:  # being written: the caller's locks must outlast the write
                 await wait_despite_cancellation(batch.written)
             raise
