@@ -92,7 +92,7 @@ async def test_a_fifo_or_device_at_the_store_path_is_refused_at_once_and_left_al
         assert outcome.get("error") == "StorageError", outcome
         assert "not a regular file" in outcome["message"]
         assert str(at) in outcome["message"]
-        assert outcome["seconds"] < 2.0  # at once: nothing waited for a writer
+        assert outcome["seconds"] < 3.0  # at once: nothing waited for a writer
     # Never overwritten: the same FIFO or symlink is still there.
     after = os.lstat(at)
     assert (after.st_ino, stat.S_IFMT(after.st_mode)) == (

@@ -188,7 +188,7 @@ async def test_a_process_whose_redis_lock_lapsed_never_flags_the_live_refresh_to
         env = child_env(emulator)
         async with child(FAULT_CHILD, "refresh", redis_server.url, "acct", env=env) as proc:
             assert await readline(proc) == "ready"
-            emulator.latency = 3.0  # the child's request hangs at the endpoint...
+            emulator.latency = 5.0  # the child's request hangs at the endpoint...
             tell(proc)
             await until(lambda: emulator.in_flight == 1)
             emulator.latency = 0.0
