@@ -40,7 +40,8 @@ from ._models import AccountState, AccountStatus, Region, Token
 from ._reauth import DEFAULT_REAUTH_WARNING, ReauthWatch, check_authorized_at
 from ._scrub import raise_without_context, scrubbed
 from ._telemetry import telemetry_for
-from .stores._base import check_store, validate_account_id
+from .stores._base import check_store, mark_refused, validate_account_id
+from .stores._locks import KeyedLock
 
 if TYPE_CHECKING:
     from ._grantless import GrantlessTokens, GrantlessTokenSource
@@ -282,6 +283,7 @@ class AsyncTokenManager:
         self._generation: dict[str, int] = {}
         # Tokens the endpoint issued but the store failed to save: kept, and saved first.
         self._unsaved: dict[str, Token] = {}
+        self._local_locks = KeyedLock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
         self._rng = random.Random()
@@ -646,15 +648,14 @@ class AsyncTokenManager:
                     token = replace(token, authorized_at=stored.authorized_at)
             except InvalidGrantError:
                 if generation == self._generation.get(account_id, 0):
+                    live = await self._flag_refused(account_id, stored)
+                    if live is not None:
+                        return live, 0
                     self._mark_reauth(account_id, _fingerprint(stored.refresh_token))
-                    if getattr(self.store, "lock", None) is not None:
-                        # Tell every process sharing the store (and `aioamztoken accounts`),
-                        # under the lock that add_account also takes, so that a new refresh
-                        # token saved meanwhile is never overwritten. The rejected refresh
-                        # token is kept: nothing is deleted.
-                        with contextlib.suppress(StorageError):
-                            await self._save(account_id, replace(stored, needs_reauth=True))
                 raise
+            if generation != self._generation.get(account_id, 0):
+                # remove_account (or add/exchange) ran meanwhile: saving would undo it.
+                return token, attempts
             try:
                 await self._save_to_the_end(account_id, token)
             except StorageError:
@@ -682,6 +683,36 @@ class AsyncTokenManager:
         task.add_done_callback(tasks.discard)
         return task
 
+    async def _flag_refused(self, account_id: str, refused: Token) -> Token | None:
+        """Tell every process sharing the store (and ``aioamztoken accounts``) that the
+        refresh token of ``refused`` was rejected, if the store still holds it (compared
+        atomically: our lock may have lapsed, and another process saved a newer one).
+
+        Returns the token to use instead when the store holds a newer, usable one; raises
+        a transient error when it holds a newer one that needs refreshing first.
+        """
+        if getattr(self.store, "lock", None) is None and not hasattr(
+            self.store, "mark_needs_reauth"
+        ):
+            return None  # a store that can neither lock nor compare: mark in memory only
+        try:
+            with self._store_errors(f"mark account {account_id!r}"):
+                if await mark_refused(self.store, account_id, refused.refresh_token):
+                    return None
+            live = await self._load(account_id)
+        except StorageError:
+            return None
+        if live is None or live.needs_reauth:
+            return None
+        if self._adoptable(live, None):
+            return live
+        raise TokenEndpointError(
+            f"account {account_id!r}: its refresh token was replaced by another process "
+            "during this refresh; try again",
+            status=None,
+            attempts=1,
+        )
+
     def _adoptable(self, stored: Token, stale: str | None) -> bool:
         return stored.access_token != stale and not stored.is_expired(self._pacing(stored)[1])
 
@@ -698,10 +729,9 @@ class AsyncTokenManager:
     async def _store_lock(
         self, account_id: str, deadline: float | None = None
     ) -> AsyncIterator[None]:
-        lock = getattr(self.store, "lock", None)
-        if lock is None:
-            yield
-            return
+        # A store without a lock still gets one within this process, so that a refresh
+        # and remove_account (or add_account) of one account never interleave.
+        lock = getattr(self.store, "lock", None) or self._local_locks.hold
         with self._store_errors(f"take the lock of account {account_id!r}"):
             cm = lock(account_id)
             try:

@@ -434,9 +434,13 @@ async def test_a_revoked_token_refused_while_a_new_one_is_added_never_hides_the_
     mgr = make_manager(store=store)
     add = asyncio.ensure_future(mgr.add_account("acct", new))
     await asyncio.sleep(0.01)  # add_account is saving
-    with pytest.raises(at.InvalidGrantError):
-        await mgr.get_access_token("acct")  # this refresh used the old refresh token
+    # Issue 11: even without a store lock, the manager serialises a refresh behind
+    # add_account within the process, so this refresh reads and uses the new token
+    # (before, it raced ahead with the old one and got InvalidGrantError).
+    got = await mgr.get_access_token("acct")
     await add
+    assert emulator.token_requests_for("acct") == 1
+    assert got == emulator.current_access_token("acct")
     assert store.tokens["acct"].refresh_token == new
     assert not store.tokens["acct"].needs_reauth
     assert await mgr.get_access_token("acct") == emulator.current_access_token("acct")

@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import contextlib
+from dataclasses import replace
 from typing import Protocol, runtime_checkable
 
 from .._models import Token
 
-__all__ = ["LockingTokenStore", "TokenStore", "check_store", "validate_account_id"]
+__all__ = [
+    "LockingTokenStore",
+    "TokenStore",
+    "check_store",
+    "mark_refused",
+    "validate_account_id",
+]
 
 
 @runtime_checkable
@@ -17,6 +24,11 @@ class TokenStore(Protocol):
     Account ids are non-empty strings. ``save`` must be atomic: a reader sees the old
     record or the new one, never a torn one. Data the store cannot read must raise
     :class:`~aioamztoken.StorageError` and must never be overwritten or deleted.
+
+    Optional: ``async def mark_needs_reauth(account_id, refresh_token) -> bool``, which
+    flags the stored record as needing re-authorization only if it still holds
+    ``refresh_token``, atomically (every store of this package has one). Without it the
+    manager reads, compares and saves, which is safe only under the store's lock.
 
     Concurrency: the manager calls a store from its event loop, concurrently for
     different accounts, so a store must be safe to share between tasks on one event loop
@@ -93,3 +105,22 @@ def check_store(store: object) -> TokenStore:
     missing = [m for m in ("load", "save", "delete", "accounts") if not hasattr(store, m)]
     what = f" (it has no {', '.join(missing)})" if missing and not isinstance(store, str) else ""
     raise TypeError(f"store must be a token store, not {type(store).__name__}{what}: {hint}")
+async def mark_refused(store: TokenStore, account_id: str, refresh_token: str) -> bool:
+    """Record in ``store`` that ``refresh_token`` of ``account_id`` was refused
+    (``invalid_grant``), unless the store holds another refresh token by now.
+
+    A store's own ``mark_needs_reauth(account_id, refresh_token) -> bool`` does it
+    atomically (every store of this package has one). For a store without it, the record
+    is read, compared and saved, which is safe under the store's lock but not atomic.
+    Returns whether the stored record holds ``refresh_token``, flagged; ``False`` when it
+    holds another refresh token (a newer one: nothing was written) or is absent.
+    """
+    mark = getattr(store, "mark_needs_reauth", None)
+    if mark is not None:
+        return bool(await mark(account_id, refresh_token))
+    current = await store.load(account_id)
+    if current is None or current.refresh_token != refresh_token:
+        return False
+    if not current.needs_reauth:
+        await store.save(account_id, replace(current, needs_reauth=True))
+    return True

@@ -153,6 +153,10 @@ class TokenCipher:
         that tells nothing about it to anyone without the key."""
         return hmac.new(self._keys[0].naming, data, hashlib.sha256).hexdigest()
 
+    def keyed_hashes(self, data: bytes) -> list[str]:
+        """:meth:`keyed_hash` of ``data`` under every key, in the order the keys were given."""
+        return [hmac.new(k.naming, data, hashlib.sha256).hexdigest() for k in self._keys]
+
 
 def _refused(location: str, problem: str) -> DecryptionError:
     return corrupt(location, problem, error=DecryptionError)

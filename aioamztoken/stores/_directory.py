@@ -5,11 +5,20 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+from dataclasses import replace
 from pathlib import Path
 
 from .._models import Token
 from ._codec import corrupt, decode_account, decode_name, encode_account, encode_name, lock_name
-from ._fs import atomic_write, ensure_dir, list_dir, read_bytes, remove, resolve_path, run_sync
+from ._fs import (
+    atomic_write,
+    ensure_dir,
+    list_dir,
+    read_bytes,
+    remove,
+    resolve_path,
+    run_sync,
+)
 from ._locks import LockFiles
 
 __all__ = ["DirectoryTokenStore"]
@@ -35,14 +44,24 @@ class DirectoryTokenStore:
     ``lock(account_id)`` is a per-account lock in ``<path>/.locks/``, shared across
     processes. ``accounts()`` lists file names and ignores any other file.
 
-    An account file that cannot be read makes ``load``, ``save`` and ``delete`` of that
-    account raise :class:`~aioamztoken.StorageError`, and it is never overwritten or
-    deleted. Safe to share between tasks on one event loop and between processes; not
+    An account file that cannot be read, that is not a regular file (a FIFO, a device:
+    refused at once, never waited on) or that is larger than ``max_file_size`` bytes
+    (default 1 MiB; a token takes a few kilobytes) makes ``load``, ``save`` and ``delete``
+    of that account raise :class:`~aioamztoken.StorageError`, and it is never overwritten
+    or deleted. Safe to share between tasks on one event loop and between processes; not
     thread-safe.
     """
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    #: The default ``max_file_size`` (bytes) of one account's file.
+    DEFAULT_MAX_FILE_SIZE = 1024 * 1024
+
+    def __init__(
+        self, path: str | os.PathLike[str], *, max_file_size: int = DEFAULT_MAX_FILE_SIZE
+    ) -> None:
+        if max_file_size < 1:
+            raise ValueError("max_file_size must be a positive number of bytes")
         self._dir = resolve_path(path)
+        self.max_file_size = int(max_file_size)
         self._locks = LockFiles(self._dir / ".locks")
 
     @property
@@ -89,11 +108,30 @@ class DirectoryTokenStore:
         """
         return self._locks.hold(lock_name(account_id))
 
+    async def mark_needs_reauth(self, account_id: str, refresh_token: str) -> bool:
+        """Flag the account's record as needing re-authorization, only if it still holds
+        ``refresh_token`` (the one the endpoint refused); else change nothing.
+
+        The file is read, compared and replaced in one step of a worker thread; the
+        manager calls this under ``lock(account_id)``, which every refresh takes, so no
+        newer refresh token is overwritten. Returns whether the record is now flagged.
+        """
+        path = self._file_of(account_id)
+        return await run_sync(functools.partial(self._mark, account_id, refresh_token, path))
+
+    def _mark(self, account_id: str, refresh_token: str, path: Path) -> bool:
+        current = self._read(account_id, path)
+        if current is None or current.refresh_token != refresh_token:
+            return False
+        if not current.needs_reauth:
+            atomic_write(path, encode_account(account_id, replace(current, needs_reauth=True)))
+        return True
+
     def _file_of(self, account_id: str) -> Path:
         return self._dir / f"{encode_name(account_id)}{_SUFFIX}"
 
     def _read(self, account_id: str, path: Path) -> Token | None:
-        data = read_bytes(path)
+        data = read_bytes(path, self.max_file_size)
         if data is None:
             return None
         stored_id, token = decode_account(data, str(path))

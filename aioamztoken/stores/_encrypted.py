@@ -10,6 +10,7 @@ from ._base import validate_account_id
 from ._codec import decode_file, encode_file
 from ._crypto import TokenCipher
 from ._file import FileTokenStore
+from ._fs import DEFAULT_MAX_FILE_SIZE
 
 __all__ = ["EncryptedFileTokenStore"]
 
@@ -42,17 +43,25 @@ class EncryptedFileTokenStore(FileTokenStore):
     :class:`~aioamztoken.StorageError` naming the file, and the file is never overwritten
     or deleted. Locks, batched writes, atomic replacement and crash safety are those of
     :class:`FileTokenStore`; the lock files in ``.<name>.locks/`` are named by a keyed
-    hash of the account id, so their names reveal no id. Processes that encrypt under
-    different first keys (midway through a rotation) name the locks differently, so
-    their refreshes of one account may then overlap: at worst one extra token request.
+    hash of the account id, so their names reveal no id. ``lock(account_id)`` holds one
+    lock file per key (taken in sorted order), so processes midway through a rotation
+    (``[new, old]`` here, ``[old, new]`` or ``[old]`` there) still exclude each other:
+    the order of the keys does not matter. Marking an account as needing
+    re-authorization compares the stored refresh token under the file's lock first.
 
     Cost: a :class:`FileTokenStore`'s, plus microseconds to encrypt or decrypt the file.
     Safe to share between tasks on one event loop and between processes; not thread-safe.
     """
 
-    def __init__(self, path: str | os.PathLike[str], *, key: str | Sequence[str]) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        key: str | Sequence[str],
+        max_file_size: int = DEFAULT_MAX_FILE_SIZE,
+    ) -> None:
         self._cipher = TokenCipher(key)
-        super().__init__(path)
+        super().__init__(path, max_file_size=max_file_size)
 
     @staticmethod
     def generate_key() -> str:
@@ -66,6 +75,9 @@ class EncryptedFileTokenStore(FileTokenStore):
         plaintext, outdated = self._cipher.decrypt(data, location=location)
         return decode_file(plaintext, location), outdated
 
-    def _lock_name(self, account_id: str) -> str:
-        digest = self._cipher.keyed_hash(validate_account_id(account_id).encode("utf-8"))
-        return f"account-{digest}"
+    def _lock_names(self, account_id: str) -> list[str]:
+        # One lock per key, held together: processes midway through a rotation, whatever
+        # order they list the keys in, share at least one of them, so they still exclude
+        # each other; a lock named under the first key only would differ between them.
+        data = validate_account_id(account_id).encode("utf-8")
+        return sorted(f"account-{digest}" for digest in self._cipher.keyed_hashes(data))

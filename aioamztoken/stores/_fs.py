@@ -11,6 +11,7 @@ import contextlib
 import errno
 import os
 import secrets
+import stat
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -21,6 +22,7 @@ from .._errors import StorageError
 from ._trust import check_lock_dir, check_owned, open_lock_fd
 
 __all__ = [
+    "DEFAULT_MAX_FILE_SIZE",
     "atomic_write",
     "ensure_dir",
     "list_dir",
@@ -37,6 +39,14 @@ T = TypeVar("T")
 
 _DIR_MODE = 0o700
 _FILE_MODE = 0o600
+
+#: The default ``max_file_size`` (bytes) of the file stores: a file larger than this is
+#: refused (StorageError) rather than read into memory. 64 MiB holds some 40,000 accounts
+#: in one :class:`FileTokenStore` file; a :class:`DirectoryTokenStore` account file is a
+#: few kilobytes.
+DEFAULT_MAX_FILE_SIZE = 64 * 1024 * 1024
+
+_READ_CHUNK = 1024 * 1024
 
 
 async def run_sync(func: Callable[[], T]) -> T:
@@ -99,16 +109,68 @@ def _make_dirs(path: Path) -> None:
             os.mkdir(path, _DIR_MODE)
 
 
-def read_bytes(path: Path) -> bytes | None:
-    """The contents of ``path``, or ``None`` if it does not exist."""
+def read_bytes(path: Path, max_size: int = DEFAULT_MAX_FILE_SIZE) -> bytes | None:
+    """The contents of ``path``, or ``None`` if it does not exist.
+
+    Only a regular file (or a symlink to one) is read: a FIFO, a device, a socket or a
+    directory there raises StorageError at once, without waiting for a writer or reading
+    a stream that never ends. So does a file larger than ``max_size`` bytes, which is
+    never read into memory. Neither is ever overwritten: callers read before they write.
+    """
     try:
-        with open(path, "rb") as file:
-            check_owned(file.fileno(), path, token_file=True)
-            return file.read()
+        # stat first, so that a device is never even opened; fstat after, because the
+        # name may have been replaced in between. O_NONBLOCK: opening a FIFO never waits.
+        _check_regular(path, os.stat(path).st_mode)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
     except FileNotFoundError:
         return None
     except OSError as exc:
         raise os_failure("read", path, exc) from exc
+    try:
+        info = os.fstat(fd)
+        _check_regular(path, info.st_mode)
+        _check_size(path, info.st_size, max_size)
+        check_owned(fd, path, token_file=True)
+        chunks: list[bytes] = []
+        size = 0
+        while chunk := os.read(fd, min(_READ_CHUNK, max_size + 1 - size)):
+            chunks.append(chunk)
+            size += len(chunk)
+            _check_size(path, size, max_size)  # it grew while being read
+        return b"".join(chunks)
+    except OSError as exc:
+        raise os_failure("read", path, exc) from exc
+    finally:
+        os.close(fd)
+
+
+def _check_regular(path: Path, mode: int) -> None:
+    if stat.S_ISREG(mode):
+        return
+    if stat.S_ISFIFO(mode):
+        kind = "a FIFO (named pipe)"
+    elif stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        kind = "a device"
+    elif stat.S_ISDIR(mode):  # reported as open() would have
+        exc = IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
+        raise os_failure("read", path, exc) from exc
+    elif stat.S_ISSOCK(mode):
+        kind = "a socket"
+    else:
+        kind = "an unknown kind of file"
+    raise StorageError(
+        f"{path} is {kind}, not a regular file: it was not read and is left untouched",
+        location=str(path),
+    )
+
+
+def _check_size(path: Path, size: int, max_size: int) -> None:
+    if size > max_size:
+        raise StorageError(
+            f"{path} is larger than the store's max_file_size ({max_size} bytes): it was "
+            "not read and is left untouched; raise max_file_size if it is genuine",
+            location=str(path),
+        )
 
 
 def atomic_write(path: Path, data: bytes) -> None:

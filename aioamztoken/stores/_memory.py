@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+from dataclasses import replace
 
 from .._models import Token
 from ._base import validate_account_id
@@ -40,6 +41,14 @@ class MemoryTokenStore:
     async def accounts(self) -> list[str]:
         """The stored account ids, sorted."""
         return sorted(self._tokens)
+
+    async def mark_needs_reauth(self, account_id: str, refresh_token: str) -> bool:
+        """Flag the account as needing re-authorization if it still holds ``refresh_token``."""
+        current = self._tokens.get(validate_account_id(account_id))
+        if current is None or current.refresh_token != refresh_token:
+            return False
+        self._tokens[account_id] = replace(current, needs_reauth=True)
+        return True
 
     def lock(self, account_id: str) -> contextlib.AbstractAsyncContextManager[None]:
         """The lock of ``account_id`` among the tasks of this process (not re-entrant)."""

@@ -7,6 +7,7 @@ import contextlib
 import random
 import secrets
 from collections.abc import AsyncIterator, Coroutine, Sequence
+from dataclasses import replace
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -152,7 +153,8 @@ class RedisTokenStore:
     names the URL (never its password). A command gets ``timeout`` seconds (connecting
     too) and is retried twice on connection errors and timeouts, so an unreachable Redis
     is reported within about ``3 * timeout`` seconds. At most ``max_connections``
-    connections are opened (callers beyond that queue for one). A value that cannot be
+    connections are opened; callers beyond that wait for one at most ``timeout`` seconds,
+    then get StorageError. A value that cannot be
     read (not a token document, another account's, encrypted under an unknown key)
     makes ``load``, ``save`` and ``delete`` of that account raise StorageError naming
     the key and field, and it is never overwritten or deleted. What survives a Redis
@@ -201,7 +203,9 @@ class RedisTokenStore:
             pool = lib.asyncio.BlockingConnectionPool.from_url(
                 url,
                 max_connections=max_connections,
-                timeout=None,  # waiting for a free connection; each command has its own
+                # Waiting for a free connection is bounded too: with Redis frozen, callers
+                # beyond max_connections fail after `timeout` instead of queueing for ever.
+                timeout=timeout,
                 socket_timeout=timeout,
                 socket_connect_timeout=timeout,
                 retry=lib.asyncio.retry.Retry(
@@ -271,6 +275,35 @@ class RedisTokenStore:
     async def delete(self, account_id: str) -> None:
         """Forget ``account_id`` (absent: no error). Raises StorageError like ``save``."""
         await self._write(account_id, None)
+
+    async def mark_needs_reauth(self, account_id: str, refresh_token: str) -> bool:
+        """Flag the account's record as needing re-authorization, only if it still holds
+        ``refresh_token`` (the one the endpoint refused); else change nothing.
+
+        Compare-and-set: the value is replaced only if it is still the one read and
+        checked (a Lua script), so a newer refresh token saved meanwhile by a process
+        that holds the lock (ours lapsed, or was deleted) is never overwritten. Returns
+        whether the record is now flagged. Raises StorageError like ``save``.
+        """
+        field = self._field(account_id)
+        for _ in range(_MAX_ROUNDS):
+            current = await self._call("read", self._client.hget(self._tokens_key, field))
+            if current is None:
+                return False
+            stored, outdated = self._decode(account_id, current)
+            if stored.refresh_token != refresh_token:
+                return False
+            if stored.needs_reauth and not outdated:
+                return True
+            new = self._encode(account_id, replace(stored, needs_reauth=True))
+            args = [field, "1", current, "set", new]
+            if await self._call("write", self._replace(keys=[self._tokens_key], args=args)):
+                return True
+        raise StorageError(
+            f"{self._location(account_id)} kept changing while being marked "
+            f"({_MAX_ROUNDS} attempts); try again",
+            location=self._location(account_id),
+        )
 
     async def reencrypt(self) -> int:
         """Rewrite under the newest key every value written under an older one.
