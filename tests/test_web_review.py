@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import os
+import signal
+import sys
 from collections.abc import AsyncIterator
 from html.parser import HTMLParser
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urljoin, urlsplit
 
@@ -157,3 +162,49 @@ async def test_sp_api_with_the_emulators_lwa_url_uses_the_emulators_seller_centr
             assert resp.status == 200, body
     assert back["spapi_oauth_code"] not in body
     assert await mgr.accounts() == ["A3REVIEWSELLER"]
+
+
+# -- aioamztoken serve: a redirect URI it cannot answer is pointed out ------------------------
+
+
+async def test_serve_warns_when_the_redirect_uri_is_not_its_callback(
+    emulator: AmazonEmulator, tmp_path: Path
+) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AIOAMZTOKEN_")}
+    env.update(
+        AIOAMZTOKEN_CLIENT_ID=emulator.client_id,
+        AIOAMZTOKEN_CLIENT_SECRET=emulator.client_secret,
+        AIOAMZTOKEN_TOKEN_URL=emulator.token_url,
+        AIOAMZTOKEN_STORE=(tmp_path / "tokens.json").as_uri(),
+    )
+    lines: dict[str, list[str]] = {}
+    for redirect in ("https://consent.example.com/oauth/return", "https://c.example/callback"):
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "aioamztoken",
+            "serve",
+            "--redirect-uri",
+            redirect,
+            "--port",
+            "0",
+            stderr=asyncio.subprocess.PIPE,
+            env=env,
+        )
+        try:
+            assert proc.stderr is not None
+            first = (await asyncio.wait_for(proc.stderr.readline(), 60)).decode()
+            assert first.startswith("serving the consent app on http://127.0.0.1:"), first
+            proc.send_signal(signal.SIGTERM)
+            _, rest = await asyncio.wait_for(proc.communicate(), 60)
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.communicate()
+        assert proc.returncode == 0
+        lines[redirect] = rest.decode().splitlines()
+    (warning, stopped) = lines["https://consent.example.com/oauth/return"]
+    assert "does not end in /callback" in warning
+    assert "https://consent.example.com/oauth/return" in warning
+    assert stopped == "stopped"
+    assert lines["https://c.example/callback"] == ["stopped"]
