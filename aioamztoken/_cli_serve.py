@@ -106,6 +106,11 @@ async def serve(mgr: AsyncTokenManager, args: argparse.Namespace) -> int:
             raise CliError(
                 f"cannot listen on {args.host}:{_port(args)}: {exc.strerror}", EXIT_USAGE
             ) from None
+        # Ready for SIGTERM before saying so: a supervisor may stop it at once.
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(signal.SIGTERM, stop.set)
         host, port = runner.addresses[0][:2]
         origin = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
         public = urljoin(args.redirect_uri, "connect")
@@ -115,10 +120,15 @@ async def serve(mgr: AsyncTokenManager, args: argparse.Namespace) -> int:
             file=sys.stderr,
             flush=True,
         )
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        with contextlib.suppress(NotImplementedError):
-            loop.add_signal_handler(signal.SIGTERM, stop.set)
+        if not urlsplit(args.redirect_uri).path.rstrip("/").endswith("/callback"):
+            # Amazon sends the browser to the redirect URI, and this server answers /callback.
+            print(
+                f"warning: the redirect URI does not end in /callback, which this server "
+                f"answers: Amazon will send customers to {args.redirect_uri}, so a proxy "
+                "must map it to /callback",
+                file=sys.stderr,
+                flush=True,
+            )
         await stop.wait()
     finally:
         await runner.cleanup()

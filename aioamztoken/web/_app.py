@@ -125,7 +125,10 @@ def consent_app(
       Central's website authorization workflow, which needs ``application_id``, the app's
       ``amzn1.sp.solution.…`` id). For SP-API the consent page is the manager's
       ``authorization_base_url`` when set, else the region's Seller Central
-      (:data:`SELLER_CENTRAL_URLS`) plus ``/apps/authorize/consent``.
+      (:data:`SELLER_CENTRAL_URLS`) plus ``/apps/authorize/consent``. An
+      ``authorization_base_url`` that is a Login with Amazon page (``…/ap/oa``, set for
+      the Ads API) is not used as such: on an Amazon host the region's Seller Central is,
+      on another host (the emulator) that host's ``/apps/authorize/consent``.
     - ``scope``: the Ads consent scope (default ``advertising::campaign_management``).
     - ``success_url``: where to send the browser after success (303); default a plain page.
     - ``state_ttl``: seconds a ``/connect`` link's state stays good (default 600).
@@ -280,9 +283,19 @@ async def _connect(request: web.Request) -> web.Response:
 
 def _seller_central_url(settings: ConsentSettings, state: str) -> str:
     manager = settings.manager
-    base = manager.authorization_base_url or (
-        SELLER_CENTRAL_URLS[manager.region] + SELLER_CENTRAL_CONSENT_PATH
-    )
+    base = manager.authorization_base_url
+    if base is not None and urlsplit(base).path.rstrip("/").endswith("/ap/oa"):
+        # A Login with Amazon consent page (set for the Ads API) is no Seller Central page:
+        # Amazon's own host means the region's Seller Central, another host (an emulator)
+        # its own Seller Central path.
+        parts = urlsplit(base)
+        labels = (parts.hostname or "").split(".")
+        base = (
+            None
+            if "amazon" in labels[:-1]
+            else f"{parts.scheme}://{parts.netloc}{SELLER_CENTRAL_CONSENT_PATH}"
+        )
+    base = base or SELLER_CENTRAL_URLS[manager.region] + SELLER_CENTRAL_CONSENT_PATH
     params = {
         "application_id": settings.application_id or "",
         "state": state,
@@ -412,16 +425,21 @@ async def _accounts(request: web.Request) -> web.Response:
         account_ids = await manager.accounts()
     except StorageError:
         return _failure("Cannot list accounts", "The token store could not be read.", 500)
-    connect = urljoin(settings.redirect_uri, "connect")
+    # The link followed from this page is the path this app serves (mount prefix
+    # included), so it works on whatever host the page was reached through; the one shown
+    # to copy is the public URL, next to the redirect URI.
+    path = str(request.app.router["connect"].url_for())
+    public = _public_connect_url(settings.redirect_uri, path)
     rows = []
     for account_id in account_ids:
-        link = connect + "?" + urlencode({"account": account_id})
+        query = "?" + urlencode({"account": account_id})
+        link, href = public + query, path + query
         try:
             status = await manager.status(account_id)
         except AmzTokenError as exc:
             rows.append(
                 _pages.AccountRow(
-                    account_id, "unreadable", None, type(exc).__name__, None, None, link
+                    account_id, "unreadable", None, type(exc).__name__, None, None, link, href
                 )
             )
             continue
@@ -434,6 +452,16 @@ async def _accounts(request: web.Request) -> web.Response:
                 getattr(status, "authorized_at", None),
                 getattr(status, "reauth_due_at", None),
                 link,
+                href,
             )
         )
     return _html(_pages.accounts_page(rows, api_name=settings.api_name))
+
+
+def _public_connect_url(redirect_uri: str, path: str) -> str:
+    """The public URL of ``/connect``: beside the redirect URI when that is this app's
+    ``/callback`` (whatever prefix a proxy puts in front), else ``path`` on its origin."""
+    parts = urlsplit(redirect_uri)
+    if parts.path.rstrip("/").endswith("/callback"):
+        return urljoin(parts.scheme + "://" + parts.netloc + parts.path.rstrip("/"), "connect")
+    return f"{parts.scheme}://{parts.netloc}{path}"

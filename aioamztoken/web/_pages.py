@@ -129,6 +129,8 @@ class AccountRow:
     authorized_at: float | None
     reauth_due_at: float | None
     reauthorize_url: str
+    #: Where the link on the page goes (default ``reauthorize_url``, which is shown to copy).
+    reauthorize_href: str | None = None
 
 
 def _when(timestamp: float) -> str:
@@ -179,12 +181,13 @@ def accounts_page(rows: Sequence[AccountRow], *, api_name: str, now: float | Non
             else escape(_clip(row.last_error))
         )
         link = escape(row.reauthorize_url)
+        href = escape(row.reauthorize_href or row.reauthorize_url)
         lines.append(
             "<tr>\n"
             f'<th scope="row">{escape(row.account_id)}</th>\n'
             f'<td class="state-{escape(row.state)}">{escape(row.state)}</td>\n'
             f"<td>{expiry}</td>\n<td>{error}</td>\n<td>{authorized}</td>\n"
-            f'<td><a href="{link}" aria-label="re-authorize {escape(row.account_id)}">'
+            f'<td><a href="{href}" aria-label="re-authorize {escape(row.account_id)}">'
             f"re-authorize</a><br><code>{link}</code></td>\n"
             "</tr>"
         )
