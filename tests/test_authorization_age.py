@@ -43,6 +43,7 @@ def redis_server() -> Iterator[RedisServer]:
 @pytest.fixture
 def keyring_backend(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
     keyring = pytest.importorskip("keyring")
+    pytest.importorskip("keyrings.alt", reason="the insecure-test-keyring extra is not installed")
     from keyrings.alt.file import PlaintextKeyring
 
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
@@ -82,7 +83,9 @@ def store_maker(request: pytest.FixtureRequest, tmp_path: Path) -> StoreMaker:
         from aioamztoken import KeyringTokenStore
 
         request.getfixturevalue("keyring_backend")
-        return lambda: KeyringTokenStore("aioamztoken-age-test", lock_dir=tmp_path / "locks")
+        return lambda: KeyringTokenStore(
+            "aioamztoken-age-test", lock_dir=tmp_path / "locks", allow_insecure_backend=True
+        )
     assert kind == "redis"
     server: RedisServer = request.getfixturevalue("redis_server")
     server.flush()
