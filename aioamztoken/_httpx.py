@@ -20,7 +20,12 @@ import contextlib
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Generator, Iterator, Sequence
 
-import httpx
+try:
+    import httpx
+except ImportError as exc:  # the extra is not installed: say which one
+    raise ImportError(
+        "the httpx adapters need httpx: pip install 'aioamztoken[httpx]'", name="httpx"
+    ) from exc
 
 from ._errors import EventLoopError
 from ._signing import AsyncTokenSource, SigningPolicy, SyncTokenSource, Verdict, decide, host_port

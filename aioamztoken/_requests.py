@@ -23,9 +23,15 @@ from collections.abc import Sequence
 from typing import Any
 from urllib.parse import urljoin, urlsplit
 
-import requests
-from requests.auth import AuthBase
-from requests.utils import rewind_body
+try:
+    import requests
+    from requests.auth import AuthBase
+    from requests.utils import rewind_body
+except ImportError as exc:  # the extra is not installed: say which one
+    raise ImportError(
+        "the requests adapter needs requests: pip install 'aioamztoken[requests]'",
+        name="requests",
+    ) from exc
 
 from ._signing import SigningPolicy, SyncTokenSource, Verdict, body_replayable, decide
 

@@ -109,3 +109,39 @@ def test_requests_retried_redirect_to_s3_carries_no_client_id(
     assert amazon.refresh_grants == 2
     received = {name.lower() for name in amazon.download_log[0].headers}
     assert received.isdisjoint(LEAKS), received
+
+
+def test_a_missing_http_client_extra_names_the_extra_to_install() -> None:
+    # Without httpx or requests installed, the adapters used to fail with a bare
+    # "No module named 'httpx'": now the error says which extra provides it.
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "sys.modules['httpx'] = None\n"
+        "sys.modules['requests'] = None\n"
+        "import aioamztoken as at\n"
+        "mgr = at.AsyncTokenManager('c', 's', store=at.MemoryTokenStore())\n"
+        "blocking = at.BlockingTokenManager('c', 's', store=at.MemoryTokenStore())\n"
+        "calls = [\n"
+        "    lambda: mgr.httpx_auth('a'),\n"
+        "    lambda: mgr.grantless_httpx_auth('sellingpartnerapi::notifications'),\n"
+        "    lambda: blocking.httpx_auth('a'),\n"
+        "    lambda: blocking.requests_auth('a'),\n"
+        "]\n"
+        "for call in calls:\n"
+        "    try:\n"
+        "        call()\n"
+        "    except ImportError as exc:\n"
+        "        print(exc.name, '|', exc)\n"
+        "blocking.close()\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    lines = done.stdout.strip().splitlines()
+    assert len(lines) == 4, done.stdout + done.stderr
+    for line, extra in zip(lines, ["httpx", "httpx", "httpx", "requests"], strict=True):
+        assert line.startswith(f"{extra} | ")
+        assert f"pip install 'aioamztoken[{extra}]'" in line
