@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import contextlib
+import io
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
+import httpx
 import pytest
 import requests
 
 import aioamztoken as at
 from aioamztoken.testing import AmazonEmulator
+
+from .conftest import ManagerFactory
 
 ACCOUNT = "review-seller"
 LEAKS = (
@@ -145,3 +152,85 @@ def test_a_missing_http_client_extra_names_the_extra_to_install() -> None:
     for line, extra in zip(lines, ["httpx", "httpx", "httpx", "requests"], strict=True):
         assert line.startswith(f"{extra} | ")
         assert f"pip install 'aioamztoken[{extra}]'" in line
+
+
+class _Unseekable(io.RawIOBase):
+    """A file that can be read once, as a pipe or a socket is."""
+
+    def __init__(self, data: bytes) -> None:
+        self._data = io.BytesIO(data)
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return False
+
+    def readinto(self, buffer: Any) -> int:
+        chunk = self._data.read(len(buffer))
+        buffer[: len(chunk)] = chunk
+        return len(chunk)
+
+
+def _multipart_cases(
+    tmp_path: Path, files: contextlib.ExitStack
+) -> list[tuple[str, Callable[[], Any], bool]]:
+    disk = tmp_path / "bids.csv"
+    disk.write_bytes(b"kw-from-disk,0.91\n")
+    return [
+        ("bytes", lambda: ("bids.csv", b"kw-in-memory,0.42\n"), True),
+        ("seekable file", lambda: ("bids.csv", files.enter_context(disk.open("rb"))), True),
+        ("unseekable file", lambda: ("bids.csv", _Unseekable(b"kw-piped,0.13\n")), False),
+    ]
+
+
+def _check_multipart(amazon: AmazonEmulator, answer: httpx.Response, retried: bool) -> None:
+    if retried:
+        # Sent again, intact: the emulator echoes the second send's body.
+        assert answer.status_code == 200, answer.text
+        assert [r.status for r in amazon.api_log] == [401, 200]
+        assert amazon.api_log[0].body == amazon.api_log[1].body
+        assert b"0." in amazon.api_log[1].body
+        assert b'name="campaign"' in amazon.api_log[1].body
+    else:
+        assert answer.status_code == 401
+        assert [r.status for r in amazon.api_log] == [401]
+
+
+async def test_httpx_async_retries_a_multipart_body_it_can_send_again(
+    emulator: AmazonEmulator, make_manager: ManagerFactory, tmp_path: Path
+) -> None:
+    # httpx.AsyncClient's multipart bodies (files=) were never retried after a 401, when
+    # the aiohttp middleware and the requests auth send the same form again intact.
+    mgr = make_manager()
+    await mgr.add_account(ACCOUNT, emulator.issue_refresh_token(ACCOUNT))
+    await mgr.get_access_token(ACCOUNT)
+    auth = mgr.httpx_auth(ACCOUNT, origins=[emulator.api_url])
+    async with httpx.AsyncClient(auth=auth) as c:
+        with contextlib.ExitStack() as files:
+            for name, file, retried in _multipart_cases(tmp_path, files):
+                emulator.reset_counters()
+                emulator.api_fail_next(1)  # a 401 for a token that looks valid
+                answer = await c.post(
+                    f"{emulator.api_url}/echo", files={"bids": file()}, data={"campaign": "c-9"}
+                )
+                print(name)
+                _check_multipart(emulator, answer, retried)
+
+
+def test_httpx_sync_retries_a_multipart_body_it_can_send_again(
+    amazon: AmazonEmulator, blocking: at.BlockingTokenManager, tmp_path: Path
+) -> None:
+    blocking.get_access_token(ACCOUNT)
+    with (
+        httpx.Client(auth=blocking.httpx_auth(ACCOUNT, origins=[amazon.api_url])) as client,
+        contextlib.ExitStack() as files,
+    ):
+        for name, file, retried in _multipart_cases(tmp_path, files):
+            amazon.reset_counters()
+            amazon.api_fail_next(1)
+            answer = client.post(
+                f"{amazon.api_url}/echo", files={"bids": file()}, data={"campaign": "c-9"}
+            )
+            print(name)
+            _check_multipart(amazon, answer, retried)
