@@ -25,6 +25,8 @@ LEAKS = (
     "amazon-advertising-api-clientid",
     "amazon-ads-clientid",
     "amazon-advertising-api-scope",
+    "amazon-ads-accountid",
+    "amazon-ads-manager-accountid",
 )
 
 
@@ -63,8 +65,14 @@ def test_requests_keeps_the_token_off_s3_after_same_origin_hops(
     url = s3
     for _ in range(hops):
         url = _via(origin, url)
+    ads = api == "ads"
     auth = blocking.requests_auth(
-        ACCOUNT, api=api, profile_id=4242 if api == "ads" else None, origins=[origin]
+        ACCOUNT,
+        api=api,
+        profile_id=4242 if ads else None,
+        ads_account_id="amzn1.ads-account.g.review" if ads else None,
+        manager_account_id="amzn1.ads-manager.review" if ads else None,
+        origins=[origin],
     )
     with requests.Session() as session:
         session.auth = auth
