@@ -20,10 +20,23 @@ import contextlib
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Generator, Iterator, Sequence
 
-import httpx
+try:
+    import httpx
+except ImportError as exc:  # the extra is not installed: say which one
+    raise ImportError(
+        "the httpx adapters need httpx: pip install 'aioamztoken[httpx]'", name="httpx"
+    ) from exc
 
 from ._errors import EventLoopError
-from ._signing import AsyncTokenSource, SigningPolicy, SyncTokenSource, Verdict, decide, host_port
+from ._signing import (
+    AsyncTokenSource,
+    SigningPolicy,
+    SyncTokenSource,
+    Verdict,
+    body_replayable,
+    decide,
+    host_port,
+)
 
 __all__ = ["AsyncHttpxAuth", "SyncHttpxAuth"]
 
@@ -142,7 +155,16 @@ class _HttpxAuthBase(httpx.Auth):
 
     @staticmethod
     def _replayable(stream: object) -> bool:
-        return isinstance(stream, httpx.ByteStream)
+        if isinstance(stream, httpx.ByteStream):
+            return True  # bytes, text, JSON, url-encoded forms
+        # A multipart body renders its fields afresh on every iteration, and httpx
+        # rewinds a file field itself: it can be sent again when every file is bytes,
+        # text or seekable. Anything else httpx streams (an iterator, a file passed as
+        # ``content``) is sent once.
+        fields = getattr(stream, "fields", None)
+        if type(stream).__name__ != "MultipartStream" or not isinstance(fields, list):
+            return False
+        return all(body_replayable(getattr(field, "file", None)) for field in fields)
 
     def _verdict(
         self,
@@ -177,8 +199,10 @@ class AsyncHttpxAuth(_HttpxAuthBase):
     Build it with :meth:`~aioamztoken.AsyncTokenManager.httpx_auth` or
     :meth:`~aioamztoken.AsyncTokenManager.grantless_httpx_auth`; pass it as
     ``AsyncClient(auth=...)`` or per request. Same headers, origins, retry and cooldown rules as
-    :class:`~aioamztoken.AdsApiMiddleware`. A body httpx streams (an iterator, a file)
-    is not sent twice: the rejection is returned. Used with a sync ``httpx.Client`` it
+    :class:`~aioamztoken.AdsApiMiddleware`. Bytes, text, JSON, forms and multipart
+    bodies of bytes or seekable files are sent again after a refresh; a body httpx
+    streams (an iterator, a file passed as ``content``) is not sent twice: the
+    rejection is returned. Used with a sync ``httpx.Client`` it
     raises an error pointing to :meth:`~aioamztoken.BlockingTokenManager.httpx_auth`.
 
     Concurrency: any number of concurrent requests on the manager's event loop.

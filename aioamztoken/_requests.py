@@ -9,19 +9,29 @@ session's ``send()``, before redirects are resolved; a redirect hop is a copy of
 request that was sent, with only ``Authorization`` stripped when the host changes. So
 the response hook takes every header this adapter added off a request whose answer
 redirects to an origin that is not allowed: ``x-amz-access-token`` never reaches a
-pre-signed S3 URL.
+pre-signed S3 URL. The hook is shared by every hop (``PreparedRequest.copy()`` keeps the
+hooks), and a hop is a copy of the previous one: so it also strips a hop that an
+allowed origin redirected to itself before redirecting to S3, knowing which headers
+were added from the closure it was registered with (the hop carries no mark of ours).
 """
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Sequence
 from typing import Any
 from urllib.parse import urljoin, urlsplit
 
-import requests
-from requests.auth import AuthBase
-from requests.utils import rewind_body
+try:
+    import requests
+    from requests.auth import AuthBase
+    from requests.utils import rewind_body
+except ImportError as exc:  # the extra is not installed: say which one
+    raise ImportError(
+        "the requests adapter needs requests: pip install 'aioamztoken[requests]'",
+        name="requests",
+    ) from exc
 
 from ._signing import SigningPolicy, SyncTokenSource, Verdict, body_replayable, decide
 
@@ -91,8 +101,8 @@ class RequestsAuth(AuthBase):
             return r
         source = self._source
         token = source.cached() or source.fetch()
-        self._sign(r, token, parts.path)
-        r.register_hook("response", self._on_response)
+        added = self._sign(r, token, parts.path)
+        r.register_hook("response", functools.partial(self._on_response, added))
         return r
 
     def _allows(self, scheme: str, netloc: str, url: str) -> bool:
@@ -106,7 +116,7 @@ class RequestsAuth(AuthBase):
                 self._netlocs[key] = allowed
         return allowed
 
-    def _sign(self, r: requests.PreparedRequest, token: str, path: str) -> None:
+    def _sign(self, r: requests.PreparedRequest, token: str, path: str) -> tuple[str, ...]:
         policy = self._policy
         headers = r.headers
         headers[policy.token_header] = policy.token_value(token)
@@ -115,26 +125,34 @@ class RequestsAuth(AuthBase):
             if name not in headers:
                 headers[name] = value
                 added.append(name)
-        setattr(r, _SIGNED, (token, tuple(added)))
+        names = tuple(added)
+        setattr(r, _SIGNED, (token, names))
+        return names
 
-    def _unsign_for_redirect(self, response: requests.Response) -> None:
-        request = response.request
-        signed = getattr(request, _SIGNED, None)
-        if signed is None or not response.is_redirect:
+    def _unsign_for_redirect(self, response: requests.Response, names: tuple[str, ...]) -> None:
+        if not response.is_redirect:
             return
         target = urljoin(response.url, response.headers.get("location", ""))
         if self._policy.origins.allows_url(target):
             return
-        for name in signed[1]:
-            request.headers.pop(name, None)
+        headers = response.request.headers
+        for name in names:
+            headers.pop(name, None)
 
-    def _on_response(self, response: requests.Response, **kwargs: Any) -> requests.Response:
+    def _on_response(
+        self, added: tuple[str, ...], response: requests.Response, **kwargs: Any
+    ) -> requests.Response:
         request = response.request
         signed = getattr(request, _SIGNED, None)
-        if signed is None or getattr(request, "_aioamztoken_retried", False):
-            # A redirect hop (copied before we could sign it) or our own retry.
+        if signed is None:
+            # A redirect hop: a copy of a request we signed (or of an earlier hop), with
+            # the headers we added unless a hook took them off. The next hop is copied
+            # from this one: keep them off it if it leaves the allowed origins.
+            self._unsign_for_redirect(response, added)
             return response
-        self._unsign_for_redirect(response)
+        if getattr(request, "_aioamztoken_retried", False):
+            return response  # our own retry, already handled
+        self._unsign_for_redirect(response, signed[1])
         policy = self._policy
         token = signed[0]
         status = response.status_code
@@ -164,7 +182,7 @@ class RequestsAuth(AuthBase):
         retry: requests.Response = response.connection.send(request, **kwargs)
         retry.history.append(response)
         retry.request = request
-        self._unsign_for_redirect(retry)
+        self._unsign_for_redirect(retry, signed[1])
         status = retry.status_code
         if status == 401 or policy.needs_body(status):
             decide(
