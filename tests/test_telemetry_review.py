@@ -100,3 +100,91 @@ def test_the_accounts_gauge_counts_managers_made_before_and_after_the_global_pro
     assert points['aioamztoken.accounts{"state": "fresh"}'] == 3, points
     assert points['aioamztoken.refreshes{"outcome": "ok", "reason": "expired"}'] == 3, points
     assert not [w for w in result["warnings"] if "created already" in w], result["warnings"]
+
+
+# -- the docs ------------------------------------------------------------------------------
+
+DOCS = ROOT / "docs"
+#: The width of the docs' content column (furo, a 1200 px window): figures wider than
+#: this are scaled down to it, and their text with them.
+CONTENT_WIDTH_PX = 736
+
+
+def _blocks_after_figures(text: str) -> list[str]:
+    """The first line after each figure (its options and caption skipped)."""
+    lines = text.splitlines()
+    found = []
+    for n, line in enumerate(lines):
+        if not line.startswith((".. figure::", ".. graphviz::", ".. image::")):
+            continue
+        rest = lines[n + 1 :]
+        for m, following in enumerate(rest):
+            if following.strip() and not following.startswith(" "):
+                found.append(following)
+                break
+            if m == len(rest) - 1:
+                found.append("")
+    return found
+
+
+def test_no_picture_cuts_a_sentence_in_two() -> None:
+    """Fixed: the token-lifetime figure sat between "a moment drawn uniformly from [...]"
+    and "so callers never wait...", so the sentence went on below the caption."""
+    for page in sorted(DOCS.glob("*.rst")):
+        for line in _blocks_after_figures(page.read_text(encoding="utf-8")):
+            assert not line[:1].islower(), f"{page.name}: a picture interrupts: {line!r}"
+
+
+def test_every_figure_text_is_legible_at_the_docs_width(tmp_path: Path) -> None:
+    """Fixed: the wave plot was drawn 10 inches wide and shown at 736 px, so its smallest
+    text was 7.5 px; the consent flow's step labels were 9.4 px. Now every text is at least
+    8 px on the page, and each step of the consent flow at least 10 px."""
+    pytest.importorskip("matplotlib", reason="the docs extra is not installed")
+    import re
+
+    from matplotlib.text import Text
+
+    sys.path.insert(0, str(DOCS / "figures"))
+    import consent
+    import lifetime
+    import waves
+    from _style import save
+
+    data = json.loads((DOCS / "figures" / "waves.json").read_text(encoding="utf-8"))
+    for name, figure in (
+        ("lifetime", lifetime.draw()),
+        ("consent", consent.draw()),
+        ("waves", waves.draw(data)),
+    ):
+        texts = [t for t in figure.findobj(Text) if t.get_text().strip() and t.get_visible()]
+        svg = save(figure, tmp_path / f"{name}.svg").read_text(encoding="utf-8")
+        match = re.search(r'<svg[^>]*\swidth="([\d.]+)pt"', svg)
+        assert match is not None, name
+        natural_px = float(match.group(1)) * 4 / 3  # CSS: 1 pt = 4/3 px
+        scale = min(1.0, CONTENT_WIDTH_PX / natural_px)
+        for text in texts:
+            shown_px = text.get_fontsize() * 4 / 3 * scale
+            assert shown_px >= 8, (name, text.get_text(), round(shown_px, 1))
+            if name == "consent" and re.match(r"\d+\. ", text.get_text()):
+                assert shown_px >= 10, (text.get_text(), round(shown_px, 1))
+
+
+def test_the_retries_metric_is_documented_for_every_api_family_and_adapter() -> None:
+    """Fixed: the docs said ``api`` was ``ads`` and only the middleware retried, while
+    SP-API, the httpx and requests adapters and grantless tokens are counted too."""
+    from aioamztoken._signing import API_FAMILIES
+
+    page = (DOCS / "observability.rst").read_text(encoding="utf-8")
+    row = page.split("``aioamztoken.http.retries``", 1)[1].split("* - ``", 1)[0]
+    for api in API_FAMILIES:
+        assert f"``{api}``" in row, api
+    for adapter in ("middleware", "httpx", "requests", "grantless"):
+        assert adapter in row, adapter
+
+
+def test_the_wave_caption_says_its_run_is_not_the_tables() -> None:
+    """Fixed: the plot (mean 870/s) and the table under it (mean 1,001/s) come from two
+    runs, and nothing said so."""
+    page = (DOCS / "performance.rst").read_text(encoding="utf-8")
+    caption = page.split(".. figure:: _generated/waves.svg", 1)[1].split(".. list-table::")[0]
+    assert "different runs" in caption
