@@ -1,7 +1,7 @@
 """Review of issue 16 (telemetry, live CLI, pictures): regression tests for what it fixed.
 
-With the real OpenTelemetry SDK (an in-memory metric reader) against the emulator, and the
-CLI in real subprocesses.
+With the real OpenTelemetry SDK (an in-memory metric reader) against the emulator, the
+pictures as the docs show them, and the CLI on a real pseudo-terminal.
 """
 
 from __future__ import annotations
@@ -15,8 +15,9 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("opentelemetry.sdk")
+from . import test_cli
 
+cli_env = test_cli.cli_env
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -93,6 +94,7 @@ def test_the_accounts_gauge_counts_managers_made_before_and_after_the_global_pro
     proxy) and one made after (or given that provider) made two sets of instruments on one
     meter; the meter kept only the first gauge callback, so the later managers' accounts
     were missing from ``aioamztoken.accounts``, and the SDK warned about duplicates."""
+    pytest.importorskip("opentelemetry.sdk")
     done = run_python(STRADDLE)
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout.strip().splitlines()[-1])
@@ -188,3 +190,59 @@ def test_the_wave_caption_says_its_run_is_not_the_tables() -> None:
     page = (DOCS / "performance.rst").read_text(encoding="utf-8")
     caption = page.split(".. figure:: _generated/waves.svg", 1)[1].split(".. list-table::")[0]
     assert "different runs" in caption
+
+
+# -- the live CLI --------------------------------------------------------------------------
+
+
+def _json_documents(text: str) -> list[object]:
+    """Every JSON list in ``text``, in order (other lines, such as stderr's, skipped)."""
+    decoder = json.JSONDecoder()
+    found: list[object] = []
+    at = text.find("[")
+    while at != -1:
+        try:
+            value, end = decoder.raw_decode(text, at)
+        except json.JSONDecodeError:
+            at = text.find("[", at + 1)
+            continue
+        found.append(value)
+        at = text.find("[", end)
+    return found
+
+
+@pytest.mark.parametrize("where", ["after", "before"])
+async def test_accounts_watch_with_json_on_a_terminal_prints_json(
+    cli_env: dict[str, str], where: str
+) -> None:
+    """Fixed: ``accounts --watch --json`` on a terminal drew the live table and ignored
+    ``--json``; it prints the JSON list at every update, as off a terminal."""
+    import time
+
+    import pexpect
+
+    import aioamztoken as at
+
+    store = at.FileTokenStore(cli_env["AIOAMZTOKEN_STORE"].removeprefix("file://"))
+    now = time.time()
+    await store.save("acct-a", at.Token("Atza|a", "Atzr|a", now + 3600, issued_at=now))
+    await store.save("acct-b", at.Token("Atza|b", "Atzr|b", now + 3600, needs_reauth=True))
+    options = ["accounts", "--watch", "--count", "2", "--interval", "0.2"]
+    args = ["--json", *options] if where == "before" else [*options, "--json"]
+    child = pexpect.spawn(
+        sys.executable,
+        ["-m", "aioamztoken", *args],
+        env={**cli_env, "TERM": "xterm-256color"},
+        dimensions=(30, 110),
+        timeout=60,
+    )
+    output = child.read().decode("utf-8", "replace").replace("\r\n", "\n")
+    child.close()
+    assert child.exitstatus == 0, output
+    documents = _json_documents(output)
+    assert len(documents) == 2, output
+    for document in documents:
+        assert isinstance(document, list)
+        states = {row["account_id"]: row["state"] for row in document}
+        assert states == {"acct-a": "fresh", "acct-b": "needs-reauth"}, document
+    assert "ACCOUNT" not in output  # no table
