@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from aioamztoken.testing import AmazonEmulator
+
 from . import test_cli
 
 cli_env = test_cli.cli_env
@@ -246,3 +248,57 @@ async def test_accounts_watch_with_json_on_a_terminal_prints_json(
         states = {row["account_id"]: row["state"] for row in document}
         assert states == {"acct-a": "fresh", "acct-b": "needs-reauth"}, document
     assert "ACCOUNT" not in output  # no table
+
+
+async def test_a_provider_that_cannot_be_weakly_referenced_is_shared_too(
+    emulator: AmazonEmulator,
+) -> None:
+    """The lookup that fixed the gauge above also serves providers without weak
+    references (a wrapper with ``__slots__``): two managers on one count both accounts."""
+    pytest.importorskip("opentelemetry.sdk")
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+    import aioamztoken as at
+
+    class Slotted:
+        __slots__ = ("inner",)
+
+        def __init__(self, inner: MeterProvider) -> None:
+            self.inner = inner
+
+        def get_meter(self, *args: object, **kwargs: object) -> object:
+            return self.inner.get_meter(*args, **kwargs)  # type: ignore[arg-type]
+
+    reader = InMemoryMetricReader()
+    sdk = MeterProvider(metric_readers=[reader])
+    provider = Slotted(sdk)
+    managers = [
+        at.AsyncTokenManager(
+            emulator.client_id,
+            emulator.client_secret,
+            store=at.MemoryTokenStore(),
+            token_url=emulator.token_url,
+            meter_provider=provider,
+        )
+        for _ in range(2)
+    ]
+    try:
+        for n, mgr in enumerate(managers):
+            await mgr.add_account(f"acct-{n}", emulator.issue_refresh_token(f"acct-{n}"))
+            await mgr.get_access_token(f"acct-{n}")
+        data = reader.get_metrics_data()
+        assert data is not None
+        gauge = {
+            point.attributes["state"]: point.value
+            for resource in data.resource_metrics
+            for scope in resource.scope_metrics
+            for metric in scope.metrics
+            if metric.name == "aioamztoken.accounts"
+            for point in metric.data.data_points
+        }
+        assert gauge["fresh"] == 2, gauge
+    finally:
+        for mgr in managers:
+            await mgr.aclose()
+        sdk.shutdown()
