@@ -138,13 +138,15 @@ async def watch_accounts(
     count: int | None,
     plain: Callable[[], Awaitable[Any]],
     out: TextIO | None = None,
+    as_json: bool = False,
 ) -> int:
     """Show the accounts every ``interval`` seconds, ``count`` times (``None``: until Ctrl-C).
 
-    ``plain`` prints the command's plain output once: used off a terminal or without rich.
+    ``plain`` prints the command's plain output once: used off a terminal, without rich,
+    or when JSON was asked for (``as_json``: machine output even on a terminal).
     """
     out = out or sys.stdout
-    if not (out.isatty() and has_rich()):
+    if as_json or not (out.isatty() and has_rich()):
         shown = 0
         while True:
             await plain()

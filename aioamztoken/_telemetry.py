@@ -137,6 +137,10 @@ class _Instruments:
     def __init__(self, meter_provider: Any) -> None:
         from . import __version__
 
+        try:
+            self._provider: Callable[[], Any] = weakref.ref(meter_provider)
+        except TypeError:  # cannot be weakly referenced: held here
+            self._provider = lambda: meter_provider
         meter = meter_provider.get_meter(_NAME, __version__)
         self.refreshes = meter.create_counter(
             "aioamztoken.refreshes",
@@ -177,6 +181,11 @@ class _Instruments:
             description="Cached accounts by state",
         )
 
+    def effective(self) -> Any:
+        """The provider these instruments record into (``None`` once it is gone)."""
+        provider = self._provider()
+        return None if provider is None else _effective(provider)
+
     def add_source(self, telemetry: _OtelTelemetry) -> None:
         with self._guard:
             self._sources.add(telemetry)
@@ -185,8 +194,17 @@ class _Instruments:
         from opentelemetry.metrics import Observation
 
         counts = dict.fromkeys(_STATES, 0)
-        with self._guard:
-            sources = list(self._sources)
+        # The managers of every set that feeds the same provider: only one gauge callback
+        # per provider is kept (see _instruments), so it counts them all.
+        target = self.effective()
+        with _all_guard:  # never held while the SDK is called: no lock-order inversion
+            peers = [
+                i for i in _all if i is self or (target is not None and i.effective() is target)
+            ]
+        sources: list[_OtelTelemetry] = []
+        for peer in peers:
+            with peer._guard:
+                sources.extend(peer._sources)
         now = time.time()
         for source in sources:
             for entry in source.snapshot():
@@ -206,17 +224,43 @@ def _state(entry: Any, now: float) -> str:
 
 
 _registry: weakref.WeakKeyDictionary[Any, _Instruments] = weakref.WeakKeyDictionary()
+#: Every set of instruments made, for finding the one of a provider (see _instruments).
+_all: weakref.WeakSet[_Instruments] = weakref.WeakSet()
+_all_guard = threading.Lock()
 _registry_guard = threading.Lock()
 
 
+def _effective(meter_provider: Any) -> Any:
+    """The provider that ``meter_provider`` records into.
+
+    The global provider handed out before ``metrics.set_meter_provider()`` is a proxy
+    that forwards to the provider set later: a manager made before that call and one
+    made after, given ``None`` or the provider itself, share one set of instruments.
+    """
+    if type(meter_provider).__name__ == "_ProxyMeterProvider":
+        from opentelemetry import metrics
+
+        return metrics.get_meter_provider()
+    return meter_provider
+
+
 def _instruments(meter_provider: Any) -> _Instruments:
+    """The one set of instruments for ``meter_provider``, made on first use.
+
+    A meter keeps the first instrument of a name (warning about later ones) and only its
+    gauge callback: a second set on the same provider would lose its accounts.
+    """
     with _registry_guard:
-        try:
-            found = _registry.get(meter_provider)
-        except TypeError:  # a provider that cannot be weakly referenced: not shared
-            return _Instruments(meter_provider)
-        if found is None:
-            found = _registry[meter_provider] = _Instruments(meter_provider)
+        target = _effective(meter_provider)
+        with _all_guard:
+            same = [i for i in _all if i.effective() is target]
+        if same:
+            return same[0]
+        found = _Instruments(meter_provider)
+        with _all_guard:
+            _all.add(found)
+        with contextlib.suppress(TypeError):  # kept alive as long as its provider
+            _registry[meter_provider] = found
         return found
 
 

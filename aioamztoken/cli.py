@@ -512,6 +512,7 @@ async def _watch(mgr: AsyncTokenManager, args: argparse.Namespace) -> int:
         interval=args.interval,
         count=args.count,
         plain=lambda: _accounts(mgr, as_json=args.json, store=args.store_shown),
+        as_json=args.json,
     )
 
 

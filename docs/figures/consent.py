@@ -66,14 +66,14 @@ def draw() -> plt.Figure:
         x0, x1 = X[src], X[dst]
         text = f"{number}. {label}"
         if src == dst:
-            ax.text(x0, y - step_h / 2, text, ha="center", va="center", fontsize=8, color=color,
+            ax.text(x0, y - step_h / 2, text, ha="center", va="center", fontsize=9, color=color,
                     bbox={"boxstyle": "round,pad=0.4", "fc": "white", "ec": color, "lw": 1.2})
         else:
             arrow_y = y - step_h + 0.2
             ax.annotate("", xy=(x1, arrow_y), xytext=(x0, arrow_y),
                         arrowprops={"arrowstyle": "-|>", "color": color, "lw": 1.3,
                                     "shrinkA": 0, "shrinkB": 0})
-            ax.text((x0 + x1) / 2, arrow_y + 0.08, text, ha="center", va="bottom", fontsize=8,
+            ax.text((x0 + x1) / 2, arrow_y + 0.08, text, ha="center", va="bottom", fontsize=9,
                     color=color, bbox={"boxstyle": "square,pad=0.1", "fc": "white", "ec": "none"})
         y -= step_h
     return fig

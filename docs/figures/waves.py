@@ -23,7 +23,7 @@ def draw(data: dict) -> plt.Figure:
     times = [t for t, _ in data["bins"]]
     rates = [n / width for _, n in data["bins"]]
     fig, (top, bottom) = plt.subplots(
-        2, 1, figsize=(10, 5.4), sharex=True, gridspec_kw={"height_ratios": [3, 2], "hspace": 0.12}
+        2, 1, figsize=(8.2, 4.8), sharex=True, gridspec_kw={"height_ratios": [3, 2], "hspace": 0.12}
     )
     window = data["window"]
     for ax in (top, bottom):
@@ -57,7 +57,7 @@ def draw(data: dict) -> plt.Figure:
     bottom.set_xlabel("seconds since the tokens became due (expires_at − refresh_buffer)")
     bottom.set_xlim(min(-0.5, min(times, default=0)), max(window + 1.0, span) + 1.6)
     fig.text(0.99, 0.005, f"recorded {data['recorded']}: {data['command']}", ha="right",
-             fontsize=7, color=MUTED)
+             fontsize=7.5, color=MUTED)
     return fig
 
 
