@@ -12,8 +12,11 @@ import pytest
 from aioamztoken import AsyncTokenManager, MemoryTokenStore
 from aioamztoken.testing import AmazonEmulator
 
+# The database servers (session-scoped) and the engines of the shared store suite.
+from .engines import engine, postgres_server, redis_cluster, redis_sentinel, valkey_server  # noqa: F401
+
 REQUIRE_SERVICES = os.environ.get("AIOAMZTOKEN_REQUIRE_SERVICES") == "1"
-SERVICE_MARKERS = ("redis", "secretservice")
+SERVICE_MARKERS = ("redis", "secretservice", "postgres", "valkey")
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -18,6 +18,16 @@ from ._base import validate_account_id
 from ._codec import corrupt, decode_account, encode_account
 from ._crypto import TokenCipher
 from ._locks import KeyedLock
+from ._redis_topology import (
+    Script,
+    acl_failure,
+    cluster_lock_key,
+    cluster_record_key,
+    describe_client,
+    is_cluster,
+    open_topology,
+    scan_accounts,
+)
 
 if TYPE_CHECKING:
     import redis.asyncio
@@ -108,11 +118,10 @@ def _password_of(url: str) -> str | None:
         return None
 
 
-def _client_url(client: redis.asyncio.Redis) -> str:
-    kwargs = getattr(client.connection_pool, "connection_kwargs", {})
-    if kwargs.get("path"):
-        return f"unix://{kwargs['path']}"
-    return f"redis://{kwargs.get('host', '?')}:{kwargs.get('port', '?')}/{kwargs.get('db', 0)}"
+def _username_of(client: Any) -> str | None:
+    holder = getattr(client, "nodes_manager", None) or getattr(client, "connection_pool", None)
+    name = getattr(holder, "connection_kwargs", {}).get("username")
+    return name if isinstance(name, str) else None
 
 
 class RedisTokenStore:
@@ -182,17 +191,26 @@ class RedisTokenStore:
         if max_connections < 1:
             raise ValueError("max_connections must be at least 1")
         lib = _import_redis()
+        topology = open_topology(  # redis+cluster://, redis+sentinel://; None for others
+            lib, url or "", max_connections=max_connections, timeout=timeout
+        )
+        if topology is not None:
+            client, url = topology.client, None
         self._cipher = None if key is None else TokenCipher(key)
         self.namespace = namespace
         self.lock_ttl = float(lock_ttl)
-        self._errors: tuple[type[BaseException], ...] = (lib.exceptions.RedisError, OSError)
+        self._errors: tuple[type[BaseException], ...] = (
+            lib.exceptions.RedisError,
+            lib.exceptions.RedisClusterException,  # not a RedisError
+            OSError,
+        )
+        self._lib = lib
         self._client: redis.asyncio.Redis
+        self._password: str | None
         if client is not None:
             self._client = client
             self._owns_client = False
-            self.url = _client_url(client)
-            kwargs = getattr(client.connection_pool, "connection_kwargs", {})
-            self._password: str | None = kwargs.get("password")
+            self.url, self._password = describe_client(client)
         else:
             assert url is not None
             self.url = _display_url(url)
@@ -209,10 +227,17 @@ class RedisTokenStore:
             )
             self._client = lib.asyncio.Redis.from_pool(pool)
             self._owns_client = True
+        self._closers = [] if topology is None else list(topology.closers)
+        if topology is not None:
+            self._owns_client = True
+            self.url, self._password = topology.url, topology.password
+        # On a cluster each account has a hash of its own, in its lock's slot.
+        self._cluster = is_cluster(self._client)
+        self._username: str | None = _username_of(self._client)
         self._tokens_key = f"{namespace}:tokens".encode()
-        self._replace = self._client.register_script(_REPLACE_SCRIPT)
-        self._release_script = self._client.register_script(_RELEASE_SCRIPT)
-        self._renew_script = self._client.register_script(_RENEW_SCRIPT)
+        self._replace = Script(self._client, _REPLACE_SCRIPT, lib)
+        self._release_script = Script(self._client, _RELEASE_SCRIPT, lib)
+        self._renew_script = Script(self._client, _RENEW_SCRIPT, lib)
         self._local = KeyedLock()
         self._rng = random.Random()
         self._releases: set[asyncio.Task[None]] = set()
@@ -244,7 +269,10 @@ class RedisTokenStore:
             task.cancel()
         while self._releases or self._renewals:
             await asyncio.gather(*self._releases, *self._renewals, return_exceptions=True)
-        if self._owns_client:
+        if self._closers:
+            for close in self._closers:
+                await close()
+        elif self._owns_client:
             await self._client.aclose()
 
     # ------------------------------------------------------------------ the store protocol
@@ -256,7 +284,7 @@ class RedisTokenStore:
         cannot be read (DecryptionError for a wrong key).
         """
         field = self._field(account_id)
-        value = await self._call("read", self._client.hget(self._tokens_key, field))
+        value = await self._call("read", self._client.hget(self._record_key(account_id), field))
         return None if value is None else self._decode(account_id, value)[0]
 
     async def save(self, account_id: str, token: Token) -> None:
@@ -288,7 +316,10 @@ class RedisTokenStore:
 
     async def accounts(self) -> list[str]:
         """The stored account ids, sorted (one ``HKEYS``). Fields that are not UTF-8 are skipped."""
-        fields = await self._call("list accounts", self._client.hkeys(self._tokens_key))
+        if self._cluster:
+            fields = await self._call("list accounts", scan_accounts(self._client, self.namespace))
+        else:
+            fields = await self._call("list accounts", self._client.hkeys(self._tokens_key))
         found = []
         for field in fields:
             try:
@@ -311,8 +342,14 @@ class RedisTokenStore:
     def _field(self, account_id: str) -> bytes:
         return validate_account_id(account_id).encode("utf-8")
 
+    def _record_key(self, account_id: str) -> bytes:
+        if self._cluster:
+            return cluster_record_key(self.namespace, account_id)
+        return self._tokens_key
+
     def _location(self, account_id: str) -> str:
-        return f"Redis {self.url} key {self._tokens_key.decode()!r} field {account_id!r}"
+        key = self._record_key(account_id).decode("utf-8", "backslashreplace")
+        return f"Redis {self.url} key {key!r} field {account_id!r}"
 
     def _decode(self, account_id: str, value: bytes | str) -> tuple[Token, bool]:
         """The token in ``value``, and whether it was encrypted under an older key."""
@@ -342,7 +379,8 @@ class RedisTokenStore:
         """
         field = self._field(account_id)
         for _ in range(_MAX_ROUNDS):
-            current = await self._call("read", self._client.hget(self._tokens_key, field))
+            record = self._record_key(account_id)
+            current = await self._call("read", self._client.hget(record, field))
             new: bytes | None
             if current is None:
                 if token is None:
@@ -364,7 +402,7 @@ class RedisTokenStore:
                 "del" if new is None else "set",
                 new or b"",
             ]
-            if await self._call("write", self._replace(keys=[self._tokens_key], args=args)):
+            if await self._call("write", self._replace(keys=[record], args=args)):
                 return True
         raise StorageError(
             f"{self._location(account_id)} kept changing while being written "
@@ -384,6 +422,8 @@ class RedisTokenStore:
             raise self._failure(action, exc) from exc
 
     def _failure(self, action: str, exc: BaseException) -> StorageError:
+        if isinstance(exc, self._lib.exceptions.NoPermissionError):
+            return acl_failure(self.url, action, exc, self._username)
         reason = str(exc) or type(exc).__name__
         if self._password:
             reason = reason.replace(self._password, "***")
@@ -395,6 +435,8 @@ class RedisTokenStore:
     # ------------------------------------------------------------------ the lock
 
     def _lock_key(self, account_id: str) -> bytes:
+        if self._cluster:
+            return cluster_lock_key(self.namespace, account_id)
         return f"{self.namespace}:lock:".encode() + account_id.encode("utf-8")
 
     @contextlib.asynccontextmanager
