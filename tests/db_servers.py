@@ -173,8 +173,8 @@ class RedisClusterServers:
         )
         for node in self.nodes:
             _wait(
-                lambda node=node: "cluster_state:ok" in str(_info(node.port))
-                and "cluster_known_nodes:3" in str(_info(node.port)),
+                lambda node=node: _info(node.port).get("cluster_state") == "ok"
+                and _info(node.port).get("cluster_known_nodes") == "3",
                 f"cluster node {node.port} ok",
             )
         return self
@@ -189,11 +189,12 @@ class RedisClusterServers:
         shutil.rmtree(self.base, ignore_errors=True)
 
 
-def _info(port: int) -> object:
+def _info(port: int) -> dict[str, str]:
     import redis
 
-    with redis.Redis(port=port, socket_timeout=5) as client:
-        return client.execute_command("CLUSTER INFO")
+    with redis.Redis(port=port, socket_timeout=5, decode_responses=True) as client:
+        info: dict[str, str] = client.execute_command("CLUSTER INFO")
+        return info
 
 
 # ---------------------------------------------------------------------------- Sentinel
@@ -242,15 +243,17 @@ class SentinelServers:
 
     def _wait_healthy(self, master: int, replica: int) -> None:
         def ready() -> bool:
-            info = str(_command(replica, "INFO", "replication"))
+            info = _command(replica, "INFO", "replication")
             replicas = _command(self.sentinel_port, "SENTINEL", "REPLICAS", self.SERVICE)
+            assert isinstance(info, dict)
             return (
-                "master_link_status:up" in info
-                and f"master_port:{master}" in info
+                info.get("master_link_status") == "up"
+                and int(info.get("master_port", 0)) == master
                 and self.master_port() == master
                 and isinstance(replicas, list)
                 and len(replicas) == 1
-                and "s_down" not in str(replicas)
+                and "s_down" not in str(replicas[0].get("flags"))
+                and replicas[0].get("master-link-status") == "ok"
             )
 
         _wait(ready, f"sentinel sees master {master} and replica {replica}")
@@ -261,7 +264,7 @@ class SentinelServers:
         new = self.replica.port if old == self.master.port else self.master.port
         _command(self.sentinel_port, "SENTINEL", "FAILOVER", self.SERVICE)
         _wait(lambda: self.master_port() == new, "the failover")
-        _wait(lambda: "role:master" in str(_command(new, "INFO", "replication")), "promotion")
+        _wait(lambda: _command(new, "INFO", "replication")["role"] == "master", "promotion")  # type: ignore[index]
         self._wait_healthy(new, old)
 
     def flush(self) -> None:

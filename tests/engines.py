@@ -41,10 +41,15 @@ ENGINES = {
 
 def _start(factory: Any, skip: str) -> Any:
     try:
-        return factory().start()
+        server = factory()
     except RuntimeError as exc:
         if str(exc) == skip:
             pytest.skip(skip)
+        raise
+    try:
+        return server.start()
+    except BaseException:
+        server.stop()
         raise
 
 

@@ -91,13 +91,13 @@ async def test_200_concurrent_saves_from_two_stores_all_land_whole(engine: Engin
     async with opened(engine) as one, opened(engine) as two:
         await asyncio.gather(
             *(s.save(f"acct-{n}", token(n)) for n in range(100) for s in (one, two)),
-            *(s.save("same", token(n)) for n in range(50) for s in (one, two)),
+            *(s.save("same", token(n)) for n in range(10) for s in (one, two)),
         )
         assert len(await one.accounts()) == 101
         assert [await two.load(f"acct-{n}") for n in range(100)] == [
             token(n) for n in range(100)
         ]
-        assert await one.load("same") in [token(n) for n in range(50)]
+        assert await one.load("same") in [token(n) for n in range(10)]
 
 
 # ------------------------------------------------------------------------------ refusing
@@ -172,7 +172,8 @@ async def test_encrypted_values_need_their_key_and_rotation_reads_the_old_one(
         await before.save("acct", token(1))
         await before.save("idle", token(2))
     raw = engine.get_raw("suite", "acct")
-    assert raw is not None and b"Atza|access-1" not in raw
+    assert raw is not None
+    assert b"Atza|access-1" not in raw
     async with opened(engine) as plain:
         with pytest.raises(at.StorageError):
             await plain.load("acct")

@@ -472,10 +472,15 @@ class RedisTokenStore:
                 # it to expire.
                 self._spawn(self._release_after(attempt, key, holder), self._releases)
                 raise
-            if taken:
+            if taken or (self._cluster and await self._holds(key, holder)):
                 return
             await asyncio.sleep(self._rng.uniform(delay / 2, delay))
             delay = min(delay * 2, _MAX_POLL)
+
+    async def _holds(self, key: bytes, holder: str) -> bool:
+        # A cluster client retries a SET whose connection broke: it may have set it.
+        value = await self._call("take a lock", self._client.get(key))
+        return bool(value == holder.encode())
 
     async def _renew(self, account_id: str, key: bytes, holder: str) -> None:
         ttl_ms = max(1, round(self.lock_ttl * 1000))
