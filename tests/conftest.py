@@ -13,7 +13,14 @@ from aioamztoken import AsyncTokenManager, MemoryTokenStore
 from aioamztoken.testing import AmazonEmulator
 
 # The database servers (session-scoped) and the engines of the shared store suite.
-from .engines import engine, postgres_server, redis_cluster, redis_sentinel, valkey_server  # noqa: F401
+from .engines import (  # noqa: F401
+    engine,
+    postgres_server,
+    redis_cluster,
+    redis_sentinel,
+    sql_engine,
+    valkey_server,
+)
 
 REQUIRE_SERVICES = os.environ.get("AIOAMZTOKEN_REQUIRE_SERVICES") == "1"
 SERVICE_MARKERS = ("redis", "secretservice", "postgres", "valkey")

@@ -199,7 +199,16 @@ def _pg(dsn: str, op: str, namespace: str, account_id: str, value: bytes = b"") 
 )
 def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Engine:
     """Each engine in turn, its server started once per session, its data empty."""
-    name = request.param
+    return make_engine(request, request.param, tmp_path)
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def sql_engine(request: pytest.FixtureRequest, tmp_path: Path) -> Engine:
+    """SQLite and PostgreSQL, whose locks the OS or the server frees at a holder's death."""
+    return make_engine(request, request.param, tmp_path)
+
+
+def make_engine(request: pytest.FixtureRequest, name: str, tmp_path: Path) -> Engine:
     if name == "sqlite":
         return Engine(name, f"sqlite://{tmp_path / 'tokens.db'}", tmp_path)
     if name == "postgres":
@@ -240,8 +249,10 @@ __all__ = [
     "ENGINES",
     "Engine",
     "engine",
+    "make_engine",
     "postgres_server",
     "redis_cluster",
     "redis_sentinel",
+    "sql_engine",
     "valkey_server",
 ]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -311,3 +312,36 @@ async def test_6_processes_with_200_callers_each_refresh_20_expired_accounts_onc
             assert stored is not None
             assert stored.access_token == emulator.current_access_token(account_id)
             assert {r["tokens"][account_id] for r in reports} == {stored.access_token}
+
+
+async def test_a_lock_holder_killed_mid_refresh_lets_another_process_take_over_at_once(
+    emulator: AmazonEmulator, sql_engine: Engine
+) -> None:
+    engine = sql_engine
+    async with opened(engine, "fleet") as store:
+        await seed_expired(emulator, store, "acct")
+        emulator.latency = 60.0  # the child's request hangs: it holds the lock meanwhile
+        config = child_config(emulator, engine.url("fleet"), account="acct")
+        async with run_child(SCRIPT, "refresh", json.dumps(config)) as proc:
+            assert await read_line(proc) == "ready"
+            deadline = time.monotonic() + STARTUP_TIMEOUT
+            while emulator.in_flight == 0:
+                assert time.monotonic() < deadline, "the child never asked for a token"
+                await asyncio.sleep(0.01)
+            with pytest.raises(asyncio.TimeoutError):  # the child holds the lock
+                await asyncio.wait_for(enter_and_leave(store, "acct"), 0.5)
+            proc.send_signal(signal.SIGKILL)
+            assert await proc.wait() == -signal.SIGKILL
+        emulator.latency = 0.0
+        async with at.AsyncTokenManager(
+            emulator.client_id, emulator.client_secret, store=store, token_url=emulator.token_url
+        ) as mgr:
+            started = time.monotonic()
+            access = await asyncio.wait_for(mgr.get_access_token("acct"), 20)
+            waited = time.monotonic() - started
+        assert access == emulator.current_access_token("acct")
+        assert emulator.refresh_grants == 1  # ours; the dead child's never completed
+        assert waited < 10  # freed at the holder's death, not after some timeout
+        stored = await store.load("acct")
+        assert stored is not None
+        assert stored.access_token == access
