@@ -424,6 +424,12 @@ class RedisTokenStore:
     def _failure(self, action: str, exc: BaseException) -> StorageError:
         if isinstance(exc, self._lib.exceptions.NoPermissionError):
             return acl_failure(self.url, action, exc, self._username)
+        if isinstance(exc, self._lib.exceptions.MovedError) and not self._cluster:
+            return StorageError(
+                f"Redis at {self.url} is a node of a Redis Cluster (it answered MOVED to "
+                f"{action}): open the store as redis+cluster://HOST:PORT/ instead",
+                location=self.url,
+            )
         reason = str(exc) or type(exc).__name__
         if self._password:
             reason = reason.replace(self._password, "***")
@@ -509,6 +515,7 @@ class RedisTokenStore:
         task = asyncio.get_running_loop().create_task(coro)
         into.add(task)
         task.add_done_callback(into.discard)
+        task.add_done_callback(_retrieved)  # a release that raised was reported already
         return task
 
     async def _release_after(
@@ -522,4 +529,13 @@ class RedisTokenStore:
         try:
             await self._call("release a lock", self._release_script(keys=[key], args=[holder]))
         except StorageError as exc:
+            if isinstance(exc.__cause__, self._lib.exceptions.NoPermissionError):
+                # Every lock of this user would stay held for lock_ttl: say so at once.
+                logger.error("could not release a lock: %s", exc)
+                raise
             logger.warning("could not release a lock (it expires by itself): %s", exc)
+
+
+def _retrieved(task: asyncio.Task[None]) -> None:
+    if not task.cancelled():
+        task.exception()

@@ -107,7 +107,8 @@ def _check_cluster_support(lib: Any) -> None:
 def describe_client(client: Any) -> tuple[str, str | None]:
     """How messages name the server(s) of ``client`` (no password), and its password."""
     if is_cluster(client):
-        nodes = ",".join(f"{n.host}:{n.port}" for n in client.get_nodes()) or "?"
+        known = client.get_nodes() or list(client.nodes_manager.startup_nodes.values())
+        nodes = ",".join(f"{n.host}:{n.port}" for n in known) or "?"
         kwargs = getattr(client.nodes_manager, "connection_kwargs", {})
         return f"redis+cluster://{nodes}", kwargs.get("password")
     pool = getattr(client, "connection_pool", None)
