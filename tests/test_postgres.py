@@ -6,11 +6,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from pathlib import Path
 
 import pytest
 
 import aioamztoken as at
 from aioamztoken.testing import AmazonEmulator
+from bench.bench_stores import save_cost
 
 from .db_servers import PostgresServer
 
@@ -206,3 +208,12 @@ def test_postgres_urls_open_the_store_and_keep_their_options() -> None:
     assert store._dsn == "postgres://u:pw@db.example:5433/app?sslmode=disable"
     with pytest.raises(ValueError, match="holds a key"):
         at.open_store("postgresql://db/app?key=abc")
+
+
+@pytest.mark.slow
+async def test_a_save_at_10000_accounts_costs_about_what_it_costs_at_10(
+    dsn: str, tmp_path: Path
+) -> None:
+    # 1.5x in bench/bench_stores.py; generous here on a shared machine.
+    cost = await save_cost("postgres", tmp_path, None, saves=40, rounds=4, postgres_dsn=dsn)
+    assert cost.ratio <= 2.5, f"{cost.large_us:.0f} us at 10,000 vs {cost.small_us:.0f} us at 10"
