@@ -32,7 +32,8 @@ autodoc_default_options = {"members": True}  # api.rst shows bases where they sa
 # third-party packages are shown unlinked.
 nitpicky = True
 _EXTERNAL = (
-    "aiohttp|asyncio|collections|concurrent|contextlib|enum|keyring|logging|os|redis|typing|yarl"
+    "aiohttp|asyncio|asyncpg|collections|concurrent|contextlib|enum|keyring|logging|os|redis|"
+    "sqlite3|typing|yarl"
 )
 nitpick_ignore_regex = [
     ("py:.*", rf"({_EXTERNAL})(\..+)?"),
