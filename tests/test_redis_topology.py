@@ -251,3 +251,24 @@ async def test_a_missing_permission_is_one_storage_error_naming_the_command_and_
     async with at.open_store(url) as store:
         with pytest.raises(at.StorageError, match="ACL SETUSER nohget \\+hget"):
             await store.load("a")
+
+
+async def test_the_least_privilege_command_set_is_enough_on_a_cluster(
+    cluster: RedisClusterServers,
+) -> None:
+    for node in cluster.nodes:
+        admin = redis.asyncio.Redis(port=node.port)
+        await admin.execute_command(
+            "ACL", "SETUSER", "ctokens", "reset", "on", ">pw-c", "~{acl:*",
+            *LEAST_PRIVILEGE.split(), *CLUSTER_PRIVILEGE.split(),
+        )
+        await admin.aclose()
+    url = cluster.url.replace("redis+cluster://", "redis+cluster://ctokens:pw-c@") + "?namespace=acl"
+    async with at.open_store(url) as store:
+        for n in range(10):
+            await store.save(f"a{n}", token(n))
+        assert await store.load("a3") == token(3)
+        assert await store.accounts() == [f"a{n}" for n in range(10)]
+        async with store.lock("a1"):
+            await store.delete("a1")
+        assert len(await store.accounts()) == 9
