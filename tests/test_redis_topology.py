@@ -272,3 +272,12 @@ async def test_the_least_privilege_command_set_is_enough_on_a_cluster(
         async with store.lock("a1"):
             await store.delete("a1")
         assert len(await store.accounts()) == 9
+
+
+def test_cluster_and_sentinel_urls_take_no_redis_py_options() -> None:
+    for url in ("redis+cluster://127.0.0.1:7000/?socket_timeout=5", "redis+sentinel://h:1/s?db=2"):
+        with pytest.raises(ValueError, match="client="):
+            at.open_store(url)
+    store = at.open_store("redis+cluster://127.0.0.1:7000/?namespace=x")
+    assert store.namespace == "x"  # type: ignore[attr-defined]
+    asyncio.run(store.aclose())  # type: ignore[attr-defined]

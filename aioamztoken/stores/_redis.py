@@ -138,6 +138,14 @@ class RedisTokenStore:
       when it is called.
     - ``{namespace}:lock:{account id}``: the account's lock while someone holds it.
 
+    On a Redis Cluster (``redis+cluster://host:port,.../`` or ``client=`` a
+    ``redis.asyncio.RedisCluster``) each account has a hash of its own,
+    ``{namespace:account id}:token`` (``:`` and braces in the namespace escaped), and its
+    lock is ``{namespace:account id}:lock``: the hash tag puts both in one slot, and the
+    accounts spread over the masters; ``accounts()`` scans every master. Behind Sentinel
+    (``redis+sentinel://host:port,.../SERVICE[/DB]``) the layout is the one above, on
+    whichever server is the master.
+
     With ``key=`` (a :class:`~aioamztoken.stores.TokenCipher` key, or several to rotate
     them, newest first) each value is encrypted as the encrypted file store does it:
     values written under an older key are read, the next save of the account writes it

@@ -167,7 +167,7 @@ def open_topology(
     ``redis+cluster://[user:password@]host:port[,host:port...]/`` names startup nodes;
     ``redis+sentinel://[user:password@]host:port[,host:port...]/SERVICE[/DB]`` names the
     sentinels and the monitored service (the credentials are the data nodes'). A
-    ``rediss+`` scheme uses TLS. The query holds redis-py options as plain values.
+    ``rediss+`` scheme uses TLS. Other options: build the client and pass ``client=``.
     """
     scheme = url.partition(":")[0].lower()
     if scheme not in _SCHEMES:
@@ -179,7 +179,13 @@ def open_topology(
     except ValueError:
         raise ValueError(f"Redis URL {_shown(url)!r} cannot be parsed") from None
     hosts = _hosts(url, parts.netloc)
-    options: dict[str, Any] = dict(urllib.parse.parse_qsl(parts.query))
+    if parts.query:
+        # redis-py's own URL parser is not used for these: its options would arrive as
+        # strings. A client built by hand (client=) takes any option.
+        raise ValueError(
+            f"Redis URL {_shown(url)!r} has query parameters a {scheme}:// URL does not take "
+            "(only namespace, key_env, key_keyring): pass client= a redis-py client instead"
+        )
     tls = scheme.startswith("rediss")
     retry = lib.asyncio.retry.Retry(lib.backoff.ExponentialWithJitterBackoff(cap=0.5, base=0.05), 2)
     common: dict[str, Any] = {
@@ -187,7 +193,6 @@ def open_topology(
         "password": password,
         "socket_timeout": timeout,
         "socket_connect_timeout": timeout,
-        **options,
     }
     if tls:
         common["ssl"] = True
