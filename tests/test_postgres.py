@@ -217,3 +217,13 @@ async def test_a_save_at_10000_accounts_costs_about_what_it_costs_at_10(
     # 1.5x in bench/bench_stores.py; generous here on a shared machine.
     cost = await save_cost("postgres", tmp_path, None, saves=40, rounds=4, postgres_dsn=dsn)
     assert cost.ratio <= 2.5, f"{cost.large_us:.0f} us at 10,000 vs {cost.small_us:.0f} us at 10"
+
+
+def test_dsns_are_shown_without_any_password() -> None:
+    keyword = at.PostgresTokenStore("host=db password=hunter2")
+    assert keyword.url == "<a PostgreSQL DSN>"
+    query = at.PostgresTokenStore("postgresql://u@db/app?password=hunter2")
+    assert query.url == "postgresql://u@db/app"
+    failure = query._failure("read", OSError("auth with hunter2 failed"))
+    assert "hunter2" not in str(failure)
+    assert "postgresql://u@db/app" in str(failure)

@@ -65,6 +65,8 @@ def display_dsn(dsn: str | None) -> str:
     """``dsn`` as messages show it: user, host, port and database; no password, no query."""
     if dsn is None:
         return "postgresql://<from the PG* environment variables>"
+    if not dsn.lower().startswith(("postgres://", "postgresql://")):
+        return "<a PostgreSQL DSN>"  # not a URL: it may hold password=... anywhere
     try:
         parts = urllib.parse.urlsplit(dsn)
         host = parts.netloc.rpartition("@")[2]
@@ -75,11 +77,17 @@ def display_dsn(dsn: str | None) -> str:
     return f"{parts.scheme}://{netloc}{parts.path}"
 
 
-def _password_of(dsn: str | None) -> str | None:
+def _passwords_of(dsn: str | None) -> list[str]:
+    """Every password ``dsn`` holds (in its user info or a ``password=`` parameter)."""
+    if dsn is None:
+        return []
     try:
-        return None if dsn is None else urllib.parse.urlsplit(dsn).password
+        parts = urllib.parse.urlsplit(dsn)
+        found = [parts.password] if parts.password else []
+        found += [v for k, v in urllib.parse.parse_qsl(parts.query) if k == "password" and v]
     except ValueError:
-        return None
+        return []
+    return found + [urllib.parse.unquote(p) for p in found]
 
 
 class _Held:
@@ -166,7 +174,7 @@ class PostgresTokenStore:
             connect_args = getattr(pool, "_connect_args", ())
             dsn = connect_args[0] if connect_args and isinstance(connect_args[0], str) else None
         self.url = display_dsn(dsn) if dsn is not None or pool is None else "<an asyncpg pool>"
-        self._password = _password_of(dsn)
+        self._passwords = _passwords_of(dsn)
         self._ns = namespace.encode("utf-8", "surrogatepass")
         self._errors: tuple[type[BaseException], ...] = (
             self._lib.PostgresError,
@@ -405,8 +413,8 @@ class PostgresTokenStore:
             reason = "TimeoutError: no answer in time"
         else:
             reason = f"{type(exc).__name__}: {str(exc) or type(exc).__name__}"
-        if self._password:
-            reason = reason.replace(self._password, "***")
+        for password in self._passwords:
+            reason = reason.replace(password, "***")
         return StorageError(
             f"PostgreSQL at {self.url} failed to {action}: {reason}", location=self.url
         )

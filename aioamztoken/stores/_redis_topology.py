@@ -268,15 +268,22 @@ def _cluster_class(lib: Any) -> Any:
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
             self._aioamztoken_slots = asyncio.Semaphore(kwargs["max_connections"])
+            self._aioamztoken_budget = float(kwargs["socket_timeout"])
 
         async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+            loop = asyncio.get_running_loop()
+            # The race fails at once; a server that is down fails after timeouts: retry
+            # only while the time spent is under one timeout, so an outage is still
+            # reported as soon as redis-py's own retries end.
             async with self._aioamztoken_slots:
+                deadline = loop.time() + self._aioamztoken_budget
                 for attempt in range(1, _CLUSTER_ATTEMPTS + 1):
                     try:
                         return await super().execute_command(*args, **kwargs)
                     except (lib.exceptions.ConnectionError, AttributeError) as exc:
                         broken = not isinstance(exc, AttributeError) or "writelines" in str(exc)
-                        if not broken or attempt == _CLUSTER_ATTEMPTS:
+                        last = attempt == _CLUSTER_ATTEMPTS or loop.time() > deadline
+                        if not broken or last:
                             raise
                     await asyncio.sleep(random.uniform(0.01, 0.05) * attempt)
             raise AssertionError("unreachable")  # pragma: no cover
