@@ -90,10 +90,12 @@ async def test_records_roundtrip_replace_delete_and_stay_apart_per_namespace(
 
 async def test_200_concurrent_saves_from_two_stores_all_land_whole(engine: Engine) -> None:
     async with opened(engine) as one, opened(engine) as two:
-        await asyncio.gather(
+        results = await asyncio.gather(
             *(s.save(f"acct-{n}", token(n)) for n in range(100) for s in (one, two)),
             *(s.save("same", token(n)) for n in range(10) for s in (one, two)),
+            return_exceptions=True,
         )
+        assert [repr(r) for r in results if r is not None] == []
         assert len(await one.accounts()) == 101
         assert [await two.load(f"acct-{n}") for n in range(100)] == [
             token(n) for n in range(100)

@@ -475,9 +475,7 @@ class RedisTokenStore:
             # The SET runs in a task of its own that we await through a shield: redis-py
             # has been seen to swallow a cancellation that lands mid-command, which would
             # leave a cancelled waiter polling for ever. Our own await always honours it.
-            attempt = asyncio.ensure_future(
-                self._call("take a lock", self._client.set(key, holder, nx=True, px=ttl_ms))
-            )
+            attempt = asyncio.ensure_future(self._try_take(key, holder, ttl_ms))
             try:
                 taken = await asyncio.shield(attempt)
             except BaseException:
@@ -486,15 +484,22 @@ class RedisTokenStore:
                 # it to expire.
                 self._spawn(self._release_after(attempt, key, holder), self._releases)
                 raise
-            if taken or (self._cluster and await self._holds(key, holder)):
+            if taken:
                 return
             await asyncio.sleep(self._rng.uniform(delay / 2, delay))
             delay = min(delay * 2, _MAX_POLL)
 
-    async def _holds(self, key: bytes, holder: str) -> bool:
-        # A cluster client retries a SET whose connection broke: it may have set it.
-        value = await self._call("take a lock", self._client.get(key))
-        return bool(value == holder.encode())
+    async def _try_take(self, key: bytes, holder: str, ttl_ms: int) -> bool:
+        if not self._cluster:
+            return bool(
+                await self._call("take a lock", self._client.set(key, holder, nx=True, px=ttl_ms))
+            )
+        # The cluster client retries a SET whose connection broke, and the first may have
+        # set it: SET NX GET answers what was there, so our own holder counts as taken.
+        before = await self._call(
+            "take a lock", self._client.set(key, holder, nx=True, px=ttl_ms, get=True)
+        )
+        return before is None or before == holder.encode()
 
     async def _renew(self, account_id: str, key: bytes, holder: str) -> None:
         ttl_ms = max(1, round(self.lock_ttl * 1000))
