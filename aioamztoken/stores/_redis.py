@@ -428,6 +428,12 @@ class RedisTokenStore:
             raise
         except self._errors as exc:
             raise self._failure(action, exc) from exc
+        except AttributeError as exc:
+            # redis-py's cluster client under concurrency (see _redis_topology): a client
+            # passed in has not got the retries of the one a URL builds.
+            if self._cluster and "writelines" in str(exc):
+                raise self._failure(action, exc) from exc
+            raise
 
     def _failure(self, action: str, exc: BaseException) -> StorageError:
         if isinstance(exc, self._lib.exceptions.NoPermissionError):
