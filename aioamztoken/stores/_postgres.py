@@ -411,6 +411,10 @@ class PostgresTokenStore:
     def _failure(self, action: str, exc: BaseException) -> StorageError:
         if isinstance(exc, asyncio.TimeoutError):
             reason = "TimeoutError: no answer in time"
+        elif isinstance(exc, self._lib.DataError):
+            # Raised before sending, when a query argument cannot be encoded: its message
+            # quotes the argument, which may be a token.
+            reason = type(exc).__name__
         else:
             reason = f"{type(exc).__name__}: {str(exc) or type(exc).__name__}"
         for password in self._passwords:

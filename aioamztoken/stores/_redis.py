@@ -19,6 +19,7 @@ from ._codec import corrupt, decode_account, encode_account
 from ._crypto import TokenCipher
 from ._locks import KeyedLock
 from ._redis_topology import (
+    AclDenied,
     Script,
     acl_failure,
     cluster_lock_key,
@@ -548,7 +549,7 @@ class RedisTokenStore:
         try:
             await self._call("release a lock", self._release_script(keys=[key], args=[holder]))
         except StorageError as exc:
-            if isinstance(exc.__cause__, self._lib.exceptions.NoPermissionError):
+            if isinstance(exc, AclDenied):
                 # Every lock of this user would stay held for lock_ttl: say so at once.
                 logger.error("could not release a lock: %s", exc)
                 raise

@@ -24,6 +24,7 @@ __all__ = [
     "CLUSTER_MIN_REDIS",
     "CLUSTER_PRIVILEGE",
     "LEAST_PRIVILEGE",
+    "AclDenied",
     "Script",
     "Topology",
     "acl_failure",
@@ -335,10 +336,15 @@ class Script:
 
 # ---------------------------------------------------------------------------- errors
 
+class AclDenied(StorageError):
+    """A command the ACL user may not run: what :func:`acl_failure` returns. A
+    StorageError to callers; the store tells it apart (a lock it cannot release)."""
+
+
 _COMMAND = re.compile(r"permissions? to (?:run|access) the '([^']+)' (command|key|channel)")
 
 
-def acl_failure(url: str, action: str, exc: BaseException, username: str | None) -> StorageError:
+def acl_failure(url: str, action: str, exc: BaseException, username: str | None) -> AclDenied:
     """The one error for a command the ACL user may not run, naming it and the fix."""
     match = _COMMAND.search(str(exc))
     user = username or "default"
@@ -351,7 +357,7 @@ def acl_failure(url: str, action: str, exc: BaseException, username: str | None)
         fix = f"ACL SETUSER {user} ~<namespace>:* (on a cluster ~{{<namespace>:*)"
     else:
         what, fix = "a command", f"ACL SETUSER {user} {LEAST_PRIVILEGE}"
-    return StorageError(
+    return AclDenied(
         f"Redis at {url} refused {what} to the user {user!r} while trying to {action} "
         f"(ACL): allow it with `{fix}`. The store needs {LEAST_PRIVILEGE} on its keys.",
         location=url,
