@@ -227,3 +227,19 @@ def test_dsns_are_shown_without_any_password() -> None:
     failure = query._failure("read", OSError("auth with hunter2 failed"))
     assert "hunter2" not in str(failure)
     assert "postgresql://u@db/app" in str(failure)
+
+
+async def test_an_error_quoting_a_query_argument_never_shows_or_chains_it(dsn: str) -> None:
+    async with at.PostgresTokenStore(dsn) as store:
+
+        async def bad_query(db: object) -> object:
+            return await db.fetchval("SELECT $1::bytea", "Atzr|SECRET-REFRESH")  # type: ignore[attr-defined]
+
+        with pytest.raises(at.StorageError) as caught:
+            await store._with(None, "read", bad_query)
+    error: BaseException | None = caught.value
+    while error is not None:  # the whole chain
+        assert "SECRET" not in str(error)
+        assert "SECRET" not in repr(getattr(error, "args", ""))
+        error = error.__cause__ or error.__context__
+    assert "DataError" in str(caught.value)

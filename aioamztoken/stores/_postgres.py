@@ -378,7 +378,10 @@ class PostgresTokenStore:
         except AmzTokenError:
             raise
         except self._errors as exc:
-            raise self._failure(action, exc) from exc
+            failure = self._failure(action, exc)
+        # Raised outside the except block: asyncpg's errors may quote a query argument (a
+        # token), and error reporters walk __context__.
+        raise failure
 
     async def _get_pool(self) -> Any:
         if self._pool is not None:
@@ -455,6 +458,7 @@ class PostgresTokenStore:
         try:
             await db.execute(f"SET lock_timeout = {ms}")
             await db.execute("SELECT pg_advisory_lock($1)", key, timeout=self.lock_timeout + 5)
+            return
         except asyncio.CancelledError:
             db.terminate()  # the lock may have been granted: the server frees it now
             raise
@@ -466,7 +470,8 @@ class PostgresTokenStore:
             ) from None
         except self._errors as exc:
             db.terminate()
-            raise self._failure("take a lock", exc) from exc
+            failure = self._failure("take a lock", exc)
+        raise failure
 
     async def _unlock(self, db: Any, account_id: str, key: int) -> None:
         try:
@@ -490,7 +495,8 @@ class PostgresTokenStore:
         except AmzTokenError:
             raise
         except self._errors as exc:
-            raise self._failure(action, exc) from exc
+            failure = self._failure(action, exc)
+        raise failure
 
 
 def _field(account_id: str) -> bytes:
