@@ -209,8 +209,14 @@ class SentinelServers:
         if REDIS_SERVER is None:
             raise RuntimeError(CLUSTER_SKIP)
         self.base = Path(tempfile.mkdtemp(prefix="aioamztoken-sentinel-"))
-        self.master = RedisServer()
-        self.replica = RedisServer(extra_args=("--replicaof", "127.0.0.1", str(self.master.port)))
+        # Each in a directory of its own: a replica's full sync writes dump.rdb there.
+        for name in ("master", "replica"):
+            (self.base / name).mkdir()
+        self.master = RedisServer(data_dir=self.base / "master")
+        self.replica = RedisServer(
+            data_dir=self.base / "replica",
+            extra_args=("--replicaof", "127.0.0.1", str(self.master.port)),
+        )
         self.sentinel_port = free_port()
         self.sentinel: subprocess.Popen[bytes] | None = None
 
