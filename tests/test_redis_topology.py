@@ -283,3 +283,11 @@ def test_cluster_and_sentinel_urls_take_no_redis_py_options() -> None:
     store = at.open_store("redis+cluster://127.0.0.1:7000/?namespace=x")
     assert store.namespace == "x"  # type: ignore[attr-defined]
     asyncio.run(store.aclose())  # type: ignore[attr-defined]
+
+
+async def test_a_command_denied_inside_the_stores_scripts_is_named_too(acl_user: object) -> None:
+    url = await acl_user("nohset", LEAST_PRIVILEGE.replace("+hset", ""))  # type: ignore[operator]
+    async with at.open_store(url) as store:
+        with pytest.raises(at.StorageError) as caught:
+            await store.save("a", token())
+        assert "ACL SETUSER nohset +hset" in str(caught.value)

@@ -24,6 +24,7 @@ from ._redis_topology import (
     acl_failure,
     cluster_lock_key,
     cluster_record_key,
+    denied_in_script,
     describe_client,
     is_cluster,
     open_topology,
@@ -439,6 +440,9 @@ class RedisTokenStore:
     def _failure(self, action: str, exc: BaseException) -> StorageError:
         if isinstance(exc, self._lib.exceptions.NoPermissionError):
             return acl_failure(self.url, action, exc, self._username)
+        command = denied_in_script(exc)
+        if command is not None:
+            return acl_failure(self.url, action, exc, self._username, command)
         if isinstance(exc, self._lib.exceptions.MovedError) and not self._cluster:
             return StorageError(
                 f"Redis at {self.url} is a node of a Redis Cluster (it answered MOVED to "

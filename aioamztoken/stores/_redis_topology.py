@@ -30,6 +30,7 @@ __all__ = [
     "acl_failure",
     "cluster_lock_key",
     "cluster_record_key",
+    "denied_in_script",
     "describe_client",
     "is_cluster",
     "open_topology",
@@ -308,6 +309,10 @@ def _blocking_sentinel_pool() -> Any:
 # ---------------------------------------------------------------------------- scripts
 
 
+# The scripts' sources by SHA1, to name the command at the line a denial points to.
+_SOURCES: dict[str, str] = {}
+
+
 class Script:
     """A Lua script run by ``EVALSHA``, falling back to ``EVAL`` when the server does not
     know it yet (``NOSCRIPT``) or the ACL user may not run ``EVALSHA``.
@@ -319,6 +324,7 @@ class Script:
         self._client = client
         self._source = source
         self._sha = hashlib.sha1(source.encode("utf-8"), usedforsecurity=False).hexdigest()
+        _SOURCES[self._sha] = source
         self._lib = lib
         self._evalsha = True
 
@@ -342,13 +348,34 @@ class AclDenied(StorageError):
 
 
 _COMMAND = re.compile(r"permissions? to (?:run|access) the '([^']+)' (command|key|channel)")
+# Redis 7 names no command when a script's call is denied, only the script and its line.
+_IN_SCRIPT = re.compile(
+    r"can't run this command or subcommand script: ([0-9a-f]{40}), on @user_script:(\d+)"
+)
+_CALL = re.compile(r"redis\.call\('(\w+)'")
 
 
-def acl_failure(url: str, action: str, exc: BaseException, username: str | None) -> AclDenied:
+def denied_in_script(exc: BaseException) -> str | None:
+    """The command a store script was refused by the ACL, from Redis's error; else None."""
+    match = _IN_SCRIPT.search(str(exc))
+    source = _SOURCES.get(match.group(1)) if match else None
+    if match is None or source is None:
+        return None
+    lines = source.split("\n")
+    number = int(match.group(2))
+    call = _CALL.search(lines[number - 1]) if 0 < number <= len(lines) else None
+    return call.group(1).lower() if call else None
+
+
+def acl_failure(
+    url: str, action: str, exc: BaseException, username: str | None, command: str | None = None
+) -> AclDenied:
     """The one error for a command the ACL user may not run, naming it and the fix."""
     match = _COMMAND.search(str(exc))
     user = username or "default"
-    if match and match.group(2) == "command":
+    if command is not None:
+        what, fix = f"the command {command.upper()} (in a script)", f"ACL SETUSER {user} +{command}"
+    elif match and match.group(2) == "command":
         command = match.group(1).upper()
         fix = f"ACL SETUSER {user} +{match.group(1).lower().replace(' ', '|')}"
         what = f"the command {command}"
