@@ -248,10 +248,10 @@ _CLUSTER_ATTEMPTS = 5
 def _cluster_class(lib: Any) -> Any:
     """A ``RedisCluster`` that survives redis-py's remaining race under concurrency.
 
-    Seen with redis-py 8.1 (measured: 2 to 6 of 300 concurrent saves): once any command
-    meets a ``ConnectionError``, the client disconnects the node's idle connections in
-    tasks that run a moment later, by which time other tasks may have taken those
-    connections and begun to use them. Those then fail with ``'NoneType' object has no
+    Seen with redis-py 8.1 (2 to 6 of 300 concurrent saves failed): once a command meets
+    a ``ConnectionError``, the client disconnects the node's idle connections
+    (``disconnect_free_connections``) in tasks that run a moment later, by which time
+    other tasks may have taken those connections and begun to use them. Those then fail with ``'NoneType' object has no
     attribute 'writelines'`` (nothing was sent) or a lost connection (the command may
     have run). Every command this store sends may run twice (reads; compare-and-set
     scripts; a lock's SET NX, whose retry the store checks), so such failures are retried
