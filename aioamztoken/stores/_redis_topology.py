@@ -251,12 +251,13 @@ def _cluster_class(lib: Any) -> Any:
     Seen with redis-py 8.1 (2 to 6 of 300 concurrent saves failed): once a command meets
     a ``ConnectionError``, the client disconnects the node's idle connections
     (``disconnect_free_connections``) in tasks that run a moment later, by which time
-    other tasks may have taken those connections and begun to use them. Those then fail with ``'NoneType' object has no
-    attribute 'writelines'`` (nothing was sent) or a lost connection (the command may
-    have run). Every command this store sends may run twice (reads; compare-and-set
-    scripts; a lock's SET NX, whose retry the store checks), so such failures are retried
-    a few times with a short pause, and at most ``max_connections`` commands are in
-    flight (beyond that redis-py raises ``MaxConnectionsError`` instead of waiting).
+    other tasks may have taken those connections and begun to use them. Those then fail
+    with ``'NoneType' object has no attribute 'writelines'`` (nothing was sent) or a
+    lost connection (the command may have run). Every command this store sends may run
+    twice (reads; compare-and-set scripts; a lock's SET NX, whose retry the store
+    checks), so such failures are retried a few times with a short pause, and at most
+    ``max_connections`` commands are in flight (beyond that redis-py raises
+    ``MaxConnectionsError`` instead of waiting).
     """
     global _CLUSTER_CLASS
     if _CLUSTER_CLASS is not None:
