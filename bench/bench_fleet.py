@@ -9,6 +9,10 @@ overlap), 20 accounts whose tokens have all expired stored in a
 fleet_child.py``) started together, each with 200 callers asking for every account at
 once. The fleet-wide lock makes the fleet refresh each account once: 20 requests.
 
+The same fleet then runs on a SQLiteTokenStore (one host) and, where PostgreSQL's server
+binaries are installed, a PostgresTokenStore (a server started for the run): 20 each.
+``tests/test_store_engines.py`` runs it on every engine, Cluster and Sentinel included.
+
 Baseline: the same 6 processes with Authlib (one ``AsyncOAuth2Client`` per account in
 each process, as a process-local client must be): each process refreshes every account
 itself. Skipped with a message when Authlib is not installed.
@@ -108,6 +112,74 @@ async def run_fleet(
     return Fleet(emu.token_requests, [e for r in reports for e in r["errors"]], seconds)
 
 
+async def run_url_fleet(
+    emu: AmazonEmulator,
+    store_url: str,
+    *,
+    processes: int = PROCESSES,
+    accounts: int = ACCOUNTS,
+    callers: int = CALLERS,
+) -> Fleet:
+    """The same fleet on any store :func:`aioamztoken.open_store` opens (SQLite, PostgreSQL)."""
+    ids = [f"url-{n:02d}" for n in range(accounts)]
+    store: Any = at.open_store(store_url)
+    async with store:
+        for account_id in ids:
+            expired = at.Token(
+                emu.issue_access_token(account_id, lifetime=1),
+                emu.issue_refresh_token(account_id),
+                time.time() - 60,
+            )
+            await store.save(account_id, expired)
+    config = {
+        "store_url": store_url,
+        "token_url": emu.token_url,
+        "client_id": emu.client_id,
+        "client_secret": emu.client_secret,
+        "accounts": ids,
+        "callers": callers,
+    }
+    emu.reset_counters()
+    reports, seconds = await spawn_fleet("fleet", [config] * processes)
+    return Fleet(emu.token_requests, [e for r in reports for e in r["errors"]], seconds)
+
+
+async def run_databases() -> list[Row]:
+    """The fleet on SQLite (one host) and, where its binaries are, PostgreSQL."""
+    import tempfile
+
+    from tests.db_servers import PG_BIN, PostgresServer
+
+    name = f"fleet: {PROCESSES} processes x {CALLERS} callers, {ACCOUNTS} expired accounts"
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        urls = {"SQLite": f"sqlite://{tmp}/tokens.db"}
+        server = PostgresServer().start() if PG_BIN is not None else None
+        if server is not None:
+            urls["PostgreSQL"] = server.dsn
+        try:
+            async with AmazonEmulator() as emu:
+                emu.latency = LATENCY
+                for engine, url in urls.items():
+                    fleet = await run_url_fleet(emu, url)
+                    print(
+                        f"  {engine + ' store':36} {fleet.token_requests:4d} token requests, "
+                        f"{len(fleet.errors)} caller errors, {fleet.seconds:.2f} s"
+                    )
+                    rows.append(
+                        Row(
+                            f"{name}: token requests, {engine}",
+                            str(fleet.token_requests),
+                            f"{ACCOUNTS} (one per account)",
+                            f"{fleet.token_requests / ACCOUNTS:.2f}x",
+                        )
+                    )
+        finally:
+            if server is not None:
+                server.stop()
+    return rows
+
+
 async def run_authlib_fleet(
     emu: AmazonEmulator,
     *,
@@ -175,6 +247,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(__doc__.splitlines()[0], argv)
     started = time.monotonic()
     rows = asyncio.run(run())
+    rows += asyncio.run(run_databases())
     finish("fleet summary", rows, args, started)
 
 

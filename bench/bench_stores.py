@@ -2,16 +2,19 @@
 
 Run: ``.venv/bin/python bench/bench_stores.py`` (about 30 s; ``--quick``: about 10 s).
 
-For each store (memory, file, directory, encrypted file, Redis when ``redis-server`` is
-on the PATH) two instances are filled, one with 10 accounts and one with 10,000; then
+For each store (memory, file, directory, encrypted file, SQLite; Redis when
+``redis-server`` is on the PATH, PostgreSQL when its server binaries are installed: each
+started for the run on loopback) two instances are filled, one with 10 accounts and one
+with 10,000; then
 single saves of existing accounts are timed one at a time, alternating between the two
 in rounds, and the medians compared. The file stores keep every account in one document,
 so their save rewrites it all: their cost grows with the number of accounts by design.
-The directory and Redis stores touch one account per save.
+The directory, SQLite, PostgreSQL and Redis stores touch one account per save.
 
 Filling: the file stores through ``save`` (concurrent saves are written together), the
 directory by writing the same account files ``save`` would write (without fsync, to be
-quick), Redis through ``save``.
+quick), SQLite and PostgreSQL by inserting the rows ``save`` would write (in one
+transaction), Redis through ``save``.
 """
 
 from __future__ import annotations
@@ -41,6 +44,8 @@ SMALL, LARGE = 10, 10_000
 PLAN = {
     "memory": (500, 6),
     "redis": (100, 6),
+    "sqlite": (60, 6),
+    "postgres": (100, 6),
     "directory": (30, 6),
     "file": (4, 4),
     "encrypted-file": (4, 4),
@@ -77,6 +82,49 @@ async def fill(store: at.TokenStore, count: int) -> None:
         await asyncio.gather(*(store.save(a, token_for(start + i)) for i, a in enumerate(chunk)))
 
 
+def populate_sqlite(path: Path, count: int) -> None:
+    """Insert ``count`` rows as SQLiteTokenStore.save writes them, in one transaction."""
+    import sqlite3
+
+    rows = [
+        (b"aioamztoken", a.encode(), encode_account(a, token_for(n)))
+        for n, a in enumerate(account_ids(count))
+    ]
+    with contextlib.closing(sqlite3.connect(path)) as db, db:
+        db.executemany("INSERT INTO aioamztoken_tokens VALUES (?, ?, ?)", rows)
+
+
+async def populate_postgres(dsn: str, namespace: str, count: int) -> None:
+    """Insert ``count`` rows as PostgresTokenStore.save writes them."""
+    import asyncpg
+
+    rows = [
+        (namespace.encode(), a.encode(), encode_account(a, token_for(n)))
+        for n, a in enumerate(account_ids(count))
+    ]
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.executemany("INSERT INTO aioamztoken_tokens VALUES ($1, $2, $3)", rows)
+        await conn.execute("ANALYZE aioamztoken_tokens")
+    finally:
+        await conn.close()
+
+
+@contextlib.contextmanager
+def postgres_server() -> Iterator[str | None]:
+    repo_on_path()
+    from tests.db_servers import PG_BIN, PostgresServer
+
+    if PG_BIN is None:
+        yield None
+        return
+    server = PostgresServer()
+    try:
+        yield server.start().dsn
+    finally:
+        server.stop()
+
+
 @contextlib.contextmanager
 def redis_server() -> Iterator[str | None]:
     repo_on_path()
@@ -97,7 +145,7 @@ StoreFactory = Callable[[Path, int], at.TokenStore]
 
 @contextlib.asynccontextmanager
 async def open_pair(
-    kind: str, base: Path, redis_url: str | None
+    kind: str, base: Path, redis_url: str | None, postgres_dsn: str | None = None
 ) -> AsyncIterator[tuple[at.TokenStore, at.TokenStore]]:
     """A store with SMALL accounts and one with LARGE, filled."""
     key = TokenCipher.generate_key()
@@ -114,10 +162,21 @@ async def open_pair(
         elif kind == "directory":
             populate_directory(where, count)
             store = at.DirectoryTokenStore(where)
+        elif kind == "sqlite":
+            store = at.SQLiteTokenStore(where / "tokens.db")
+            await store.save("seed", token_for(0))  # creates the file and its table
+            await store.delete("seed")
+            populate_sqlite(where / "tokens.db", count)
+        elif kind == "postgres":
+            assert postgres_dsn is not None
+            store = at.PostgresTokenStore(postgres_dsn, namespace=f"bench-{count}")
+            await store.save("seed", token_for(0))
+            await store.delete("seed")
+            await populate_postgres(postgres_dsn, f"bench-{count}", count)
         else:
             assert redis_url is not None
             store = at.RedisTokenStore(redis_url, namespace=f"bench-{count}")
-        if kind != "directory":
+        if kind not in ("directory", "sqlite", "postgres"):
             await fill(store, count)
         assert len(await store.accounts()) == count
         stores.append(store)
@@ -125,7 +184,7 @@ async def open_pair(
         yield stores[0], stores[1]
     finally:
         for store in stores:
-            if isinstance(store, at.RedisTokenStore):
+            if isinstance(store, (at.RedisTokenStore, at.SQLiteTokenStore, at.PostgresTokenStore)):
                 await store.aclose()
 
 
@@ -141,11 +200,17 @@ class SaveCost:
 
 
 async def save_cost(
-    kind: str, base: Path, redis_url: str | None, *, saves: int, rounds: int
+    kind: str,
+    base: Path,
+    redis_url: str | None,
+    *,
+    saves: int,
+    rounds: int,
+    postgres_dsn: str | None = None,
 ) -> SaveCost:
     rng = random.Random(1)
     times: dict[int, list[float]] = {SMALL: [], LARGE: []}
-    async with open_pair(kind, base, redis_url) as (small, large):
+    async with open_pair(kind, base, redis_url, postgres_dsn) as (small, large):
         for number in range(rounds):
             pairs = [(SMALL, small), (LARGE, large)]
             for count, store in pairs if number % 2 == 0 else pairs[::-1]:
@@ -165,15 +230,24 @@ async def save_cost(
 
 async def run(*, quick: bool = False, kinds: tuple[str, ...] = tuple(PLAN)) -> list[SaveCost]:
     results = []
-    with tempfile.TemporaryDirectory() as tmp, redis_server() as redis_url:
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        redis_server() as redis_url,
+        postgres_server() if "postgres" in kinds else contextlib.nullcontext() as postgres_dsn,
+    ):
         for kind in kinds:
             if kind == "redis" and redis_url is None:
                 print("  redis: redis-server not on the PATH, skipped")
                 continue
+            if kind == "postgres" and postgres_dsn is None:
+                print("  postgres: PostgreSQL's server binaries not found, skipped")
+                continue
             saves, rounds = PLAN[kind]
             if quick:
                 saves, rounds = max(2, saves // 4), max(2, rounds // 2)
-            cost = await save_cost(kind, Path(tmp), redis_url, saves=saves, rounds=rounds)
+            cost = await save_cost(
+                kind, Path(tmp), redis_url, saves=saves, rounds=rounds, postgres_dsn=postgres_dsn
+            )
             print(
                 f"  {kind:15} {cost.small_us:10.1f} us at {SMALL:,}  {cost.large_us:10.1f} us at "
                 f"{LARGE:,}  ratio {cost.ratio:6.2f}x  ({saves} saves x {rounds} rounds each)"

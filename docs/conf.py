@@ -45,8 +45,9 @@ autodoc_default_options = {"members": True}  # api.rst shows bases where they sa
 # third-party packages are shown unlinked.
 nitpicky = True
 _EXTERNAL = (
-    "aiohttp|asyncio|collections|concurrent|contextlib|enum|httpx|keyring|logging|os|redis|requests"
-    "|typing|yarl"
+    "aiohttp|asyncio|asyncpg|collections|concurrent|contextlib|enum|httpx|keyring|logging|os|"
+    "redis|requests|"
+    "sqlite3|typing|yarl"
 )
 nitpick_ignore_regex = [
     ("py:.*", rf"({_EXTERNAL})(\..+)?"),

@@ -12,9 +12,19 @@ import pytest
 from aioamztoken import AsyncTokenManager, MemoryTokenStore
 from aioamztoken.testing import AmazonEmulator
 
+# The database servers (session-scoped) and the engines of the shared store suite.
+from .engines import (  # noqa: F401
+    engine,
+    postgres_server,
+    redis_cluster,
+    redis_sentinel,
+    sql_engine,
+    valkey_server,
+)
+
 REQUIRE_SERVICES = os.environ.get("AIOAMZTOKEN_REQUIRE_SERVICES") == "1"
 # "seconduser" needs root (CI has it): there, a skip of the ownership tests is a failure too.
-SERVICE_MARKERS = ("redis", "secretservice", "seconduser", "browser")
+SERVICE_MARKERS = ("redis", "secretservice", "seconduser", "browser", "postgres", "valkey")
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -47,14 +47,24 @@ def ping(port: int, timeout: float = 0.5) -> bool:
 class RedisServer:
     """One ``redis-server`` process. ``appendonly=True`` keeps data in ``data_dir``."""
 
-    def __init__(self, *, data_dir: Path | None = None, appendonly: bool = False) -> None:
-        if REDIS_SERVER is None:
+    def __init__(
+        self,
+        *,
+        data_dir: Path | None = None,
+        appendonly: bool = False,
+        binary: str | None = None,
+        extra_args: tuple[str, ...] = (),
+        port: int | None = None,
+    ) -> None:
+        self.binary = binary or REDIS_SERVER
+        if self.binary is None:
             raise RuntimeError(SKIP_REASON)
         if appendonly and data_dir is None:
             raise ValueError("appendonly needs a data_dir")
         self.data_dir = data_dir
         self.appendonly = appendonly
-        self.port = free_port()
+        self.port = port or free_port()
+        self.extra_args = extra_args
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -63,11 +73,12 @@ class RedisServer:
 
     def start(self) -> RedisServer:
         """Start the server (on the same port after a stop) and wait until it answers."""
-        assert REDIS_SERVER is not None
-        args = [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--save", ""]
+        assert self.binary is not None
+        args = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", ""]
         args += ["--appendonly", "yes" if self.appendonly else "no"]
         if self.data_dir is not None:
             args += ["--dir", str(self.data_dir)]
+        args += self.extra_args
         self.process = subprocess.Popen(
             args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
         )

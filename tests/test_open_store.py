@@ -139,6 +139,13 @@ def test_an_unknown_scheme_is_a_value_error_listing_the_schemes(url: str) -> Non
         "keyring",
         "redis",
         "rediss",
+        "redis+cluster",
+        "rediss+cluster",
+        "redis+sentinel",
+        "rediss+sentinel",
+        "sqlite",
+        "postgresql",
+        "postgres",
     }
 
 

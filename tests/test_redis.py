@@ -25,6 +25,7 @@ from aioamztoken.stores._crypto import TokenCipher
 from aioamztoken.testing import AmazonEmulator
 
 from ._children import child as run_child
+from .db_servers import VALKEY_SERVER, VALKEY_SKIP
 from .redis_server import REDIS_SERVER, SKIP_REASON, RedisServer, free_port
 
 pytestmark = pytest.mark.redis
@@ -42,10 +43,16 @@ def _server(**options: Any) -> RedisServer:
     return RedisServer(**options).start()
 
 
-@pytest.fixture(scope="module")
-def shared_server() -> Iterator[RedisServer]:
-    """One redis-server for the module (no persistence); each test starts on an empty one."""
-    server = _server()
+@pytest.fixture(scope="module", params=["redis", pytest.param("valkey", marks=pytest.mark.valkey)])
+def shared_server(request: pytest.FixtureRequest) -> Iterator[RedisServer]:
+    """One server for the module (no persistence), redis-server and then valkey-server (the
+    suite runs on both); each test starts on an empty one."""
+    if request.param == "valkey":
+        if VALKEY_SERVER is None:
+            pytest.skip(VALKEY_SKIP)
+        server = RedisServer(binary=VALKEY_SERVER).start()
+    else:
+        server = _server()
     yield server
     server.stop()
 

@@ -5,7 +5,10 @@
 - :class:`DirectoryTokenStore`: one JSON file per account, for many accounts.
 - :class:`EncryptedFileTokenStore`: a :class:`FileTokenStore` whose file is encrypted.
 - :class:`KeyringTokenStore`: the OS keyring, one entry per account (``[keyring]``).
-- :class:`RedisTokenStore`: Redis, shared by every host, with a fleet-wide lock (``[redis]``).
+- :class:`RedisTokenStore`: Redis, shared by every host, with a fleet-wide lock (``[redis]``);
+  also Redis Cluster, Sentinel and Valkey.
+- :class:`SQLiteTokenStore`: one SQLite file, for many accounts and processes on one host.
+- :class:`PostgresTokenStore`: PostgreSQL, shared by a fleet, with advisory locks (``[postgres]``).
 
 Any object with the four coroutines of :class:`TokenStore` is a store; one that also
 has ``lock(account_id)`` (:class:`LockingTokenStore`) lets processes refresh once.
@@ -22,7 +25,9 @@ from ._file import FileTokenStore
 from ._keyring import KeyringTokenStore
 from ._memory import MemoryTokenStore
 from ._migrate import MigrationReport, migrate
+from ._postgres import PostgresTokenStore
 from ._redis import RedisTokenStore
+from ._sqlite import SQLiteTokenStore
 from ._url import open_store
 
 __all__ = [
@@ -33,7 +38,9 @@ __all__ = [
     "LockingTokenStore",
     "MemoryTokenStore",
     "MigrationReport",
+    "PostgresTokenStore",
     "RedisTokenStore",
+    "SQLiteTokenStore",
     "TokenCipher",
     "TokenStore",
     "migrate",

@@ -20,6 +20,18 @@ from ._base import validate_account_id
 from ._codec import corrupt, decode_account, encode_account
 from ._crypto import TokenCipher
 from ._locks import KeyedLock
+from ._redis_topology import (
+    AclDenied,
+    Script,
+    acl_failure,
+    cluster_lock_key,
+    cluster_record_key,
+    denied_in_script,
+    describe_client,
+    is_cluster,
+    open_topology,
+    scan_accounts,
+)
 
 if TYPE_CHECKING:
     import redis.asyncio
@@ -110,11 +122,10 @@ def _password_of(url: str) -> str | None:
         return None
 
 
-def _client_url(client: redis.asyncio.Redis) -> str:
-    kwargs = getattr(client.connection_pool, "connection_kwargs", {})
-    if kwargs.get("path"):
-        return f"unix://{kwargs['path']}"
-    return f"redis://{kwargs.get('host', '?')}:{kwargs.get('port', '?')}/{kwargs.get('db', 0)}"
+def _username_of(client: Any) -> str | None:
+    holder = getattr(client, "nodes_manager", None) or getattr(client, "connection_pool", None)
+    name = getattr(holder, "connection_kwargs", {}).get("username")
+    return name if isinstance(name, str) else None
 
 
 class RedisTokenStore:
@@ -130,6 +141,14 @@ class RedisTokenStore:
       number of accounts; ``accounts()`` reads the field names (``HKEYS``), O(n) only
       when it is called.
     - ``{namespace}:lock:{account id}``: the account's lock while someone holds it.
+
+    On a Redis Cluster (``redis+cluster://host:port,.../`` or ``client=`` a
+    ``redis.asyncio.RedisCluster``) each account has a hash of its own,
+    ``{namespace:account id}:token`` (``:`` and braces in the namespace escaped), and its
+    lock is ``{namespace:account id}:lock``: the hash tag puts both in one slot, and the
+    accounts spread over the masters; ``accounts()`` scans every master. Behind Sentinel
+    (``redis+sentinel://host:port,.../SERVICE[/DB]``) the layout is the one above, on
+    whichever server is the master.
 
     With ``key=`` (a :class:`~aioamztoken.stores.TokenCipher` key, or several to rotate
     them, newest first) each value is encrypted as the encrypted file store does it:
@@ -185,17 +204,26 @@ class RedisTokenStore:
         if max_connections < 1:
             raise ValueError("max_connections must be at least 1")
         lib = _import_redis()
+        topology = open_topology(  # redis+cluster://, redis+sentinel://; None for others
+            lib, url or "", max_connections=max_connections, timeout=timeout
+        )
+        if topology is not None:
+            client, url = topology.client, None
         self._cipher = None if key is None else TokenCipher(key)
         self.namespace = namespace
         self.lock_ttl = float(lock_ttl)
-        self._errors: tuple[type[BaseException], ...] = (lib.exceptions.RedisError, OSError)
+        self._errors: tuple[type[BaseException], ...] = (
+            lib.exceptions.RedisError,
+            lib.exceptions.RedisClusterException,  # not a RedisError
+            OSError,
+        )
+        self._lib = lib
         self._client: redis.asyncio.Redis
+        self._password: str | None
         if client is not None:
             self._client = client
             self._owns_client = False
-            self.url = _client_url(client)
-            kwargs = getattr(client.connection_pool, "connection_kwargs", {})
-            self._password: str | None = kwargs.get("password")
+            self.url, self._password = describe_client(client)
         else:
             assert url is not None
             self.url = _display_url(url)
@@ -214,10 +242,17 @@ class RedisTokenStore:
             )
             self._client = lib.asyncio.Redis.from_pool(pool)
             self._owns_client = True
+        self._closers = [] if topology is None else list(topology.closers)
+        if topology is not None:
+            self._owns_client = True
+            self.url, self._password = topology.url, topology.password
+        # On a cluster each account has a hash of its own, in its lock's slot.
+        self._cluster = is_cluster(self._client)
+        self._username: str | None = _username_of(self._client)
         self._tokens_key = f"{namespace}:tokens".encode()
-        self._replace = self._client.register_script(_REPLACE_SCRIPT)
-        self._release_script = self._client.register_script(_RELEASE_SCRIPT)
-        self._renew_script = self._client.register_script(_RENEW_SCRIPT)
+        self._replace = Script(self._client, _REPLACE_SCRIPT, lib)
+        self._release_script = Script(self._client, _RELEASE_SCRIPT, lib)
+        self._renew_script = Script(self._client, _RENEW_SCRIPT, lib)
         self._local = KeyedLock()
         self._rng = random.Random()
         self._releases: set[asyncio.Task[None]] = set()
@@ -249,7 +284,10 @@ class RedisTokenStore:
             task.cancel()
         while self._releases or self._renewals:
             await asyncio.gather(*self._releases, *self._renewals, return_exceptions=True)
-        if self._owns_client:
+        if self._closers:
+            for close in self._closers:
+                await close()
+        elif self._owns_client:
             await self._client.aclose()
 
     # ------------------------------------------------------------------ the store protocol
@@ -261,7 +299,7 @@ class RedisTokenStore:
         cannot be read (DecryptionError for a wrong key).
         """
         field = self._field(account_id)
-        value = await self._call("read", self._client.hget(self._tokens_key, field))
+        value = await self._call("read", self._client.hget(self._record_key(account_id), field))
         return None if value is None else self._decode(account_id, value)[0]
 
     async def save(self, account_id: str, token: Token) -> None:
@@ -286,8 +324,9 @@ class RedisTokenStore:
         whether the record is now flagged. Raises StorageError like ``save``.
         """
         field = self._field(account_id)
+        record = self._record_key(account_id)
         for _ in range(_MAX_ROUNDS):
-            current = await self._call("read", self._client.hget(self._tokens_key, field))
+            current = await self._call("read", self._client.hget(record, field))
             if current is None:
                 return False
             stored, outdated = self._decode(account_id, current)
@@ -297,7 +336,7 @@ class RedisTokenStore:
                 return True
             new = self._encode(account_id, replace(stored, needs_reauth=True))
             args = [field, "1", current, "set", new]
-            if await self._call("write", self._replace(keys=[self._tokens_key], args=args)):
+            if await self._call("write", self._replace(keys=[record], args=args)):
                 return True
         raise StorageError(
             f"{self._location(account_id)} kept changing while being marked "
@@ -322,7 +361,10 @@ class RedisTokenStore:
 
     async def accounts(self) -> list[str]:
         """The stored account ids, sorted (one ``HKEYS``). Fields that are not UTF-8 are skipped."""
-        fields = await self._call("list accounts", self._client.hkeys(self._tokens_key))
+        if self._cluster:
+            fields = await self._call("list accounts", scan_accounts(self._client, self.namespace))
+        else:
+            fields = await self._call("list accounts", self._client.hkeys(self._tokens_key))
         found = []
         for field in fields:
             try:
@@ -345,8 +387,14 @@ class RedisTokenStore:
     def _field(self, account_id: str) -> bytes:
         return validate_account_id(account_id).encode("utf-8")
 
+    def _record_key(self, account_id: str) -> bytes:
+        if self._cluster:
+            return cluster_record_key(self.namespace, account_id)
+        return self._tokens_key
+
     def _location(self, account_id: str) -> str:
-        return f"Redis {self.url} key {self._tokens_key.decode()!r} field {account_id!r}"
+        key = self._record_key(account_id).decode("utf-8", "backslashreplace")
+        return f"Redis {self.url} key {key!r} field {account_id!r}"
 
     def _decode(self, account_id: str, value: bytes | str) -> tuple[Token, bool]:
         """The token in ``value``, and whether it was encrypted under an older key."""
@@ -376,7 +424,8 @@ class RedisTokenStore:
         """
         field = self._field(account_id)
         for _ in range(_MAX_ROUNDS):
-            current = await self._call("read", self._client.hget(self._tokens_key, field))
+            record = self._record_key(account_id)
+            current = await self._call("read", self._client.hget(record, field))
             new: bytes | None
             if current is None:
                 if token is None:
@@ -398,7 +447,7 @@ class RedisTokenStore:
                 "del" if new is None else "set",
                 new or b"",
             ]
-            if await self._call("write", self._replace(keys=[self._tokens_key], args=args)):
+            if await self._call("write", self._replace(keys=[record], args=args)):
                 return True
         raise StorageError(
             f"{self._location(account_id)} kept changing while being written "
@@ -418,9 +467,26 @@ class RedisTokenStore:
             raise
         except self._errors as exc:
             failure = self._failure(action, exc)
+        except AttributeError as exc:
+            # redis-py's cluster client under concurrency (see _redis_topology): a client
+            # passed in has not got the retries of the one a URL builds.
+            if not (self._cluster and "writelines" in str(exc)):
+                raise
+            failure = self._failure(action, exc)
         raise failure
 
     def _failure(self, action: str, exc: BaseException) -> StorageError:
+        if isinstance(exc, self._lib.exceptions.NoPermissionError):
+            return acl_failure(self.url, action, exc, self._username)
+        command = denied_in_script(exc)
+        if command is not None:
+            return acl_failure(self.url, action, exc, self._username, command)
+        if isinstance(exc, self._lib.exceptions.MovedError) and not self._cluster:
+            return StorageError(
+                f"Redis at {self.url} is a node of a Redis Cluster (it answered MOVED to "
+                f"{action}): open the store as redis+cluster://HOST:PORT/ instead",
+                location=self.url,
+            )
         hidden = (self._password,) if self._password else ()
         reason = redact(str(exc), hidden) or type(exc).__name__
         error = StorageError(
@@ -433,6 +499,8 @@ class RedisTokenStore:
     # ------------------------------------------------------------------ the lock
 
     def _lock_key(self, account_id: str) -> bytes:
+        if self._cluster:
+            return cluster_lock_key(self.namespace, account_id)
         return f"{self.namespace}:lock:".encode() + account_id.encode("utf-8")
 
     @contextlib.asynccontextmanager
@@ -457,9 +525,7 @@ class RedisTokenStore:
             # The SET runs in a task of its own that we await through a shield: redis-py
             # has been seen to swallow a cancellation that lands mid-command, which would
             # leave a cancelled waiter polling for ever. Our own await always honours it.
-            attempt = asyncio.ensure_future(
-                self._call("take a lock", self._client.set(key, holder, nx=True, px=ttl_ms))
-            )
+            attempt = asyncio.ensure_future(self._try_take(key, holder, ttl_ms))
             try:
                 taken = await asyncio.shield(attempt)
             except BaseException:
@@ -472,6 +538,18 @@ class RedisTokenStore:
                 return
             await asyncio.sleep(self._rng.uniform(delay / 2, delay))
             delay = min(delay * 2, _MAX_POLL)
+
+    async def _try_take(self, key: bytes, holder: str, ttl_ms: int) -> bool:
+        if not self._cluster:
+            return bool(
+                await self._call("take a lock", self._client.set(key, holder, nx=True, px=ttl_ms))
+            )
+        # The cluster client retries a SET whose connection broke, and the first may have
+        # set it: SET NX GET answers what was there, so our own holder counts as taken.
+        before = await self._call(
+            "take a lock", self._client.set(key, holder, nx=True, px=ttl_ms, get=True)
+        )
+        return before is None or before == holder.encode()
 
     async def _renew(self, account_id: str, key: bytes, holder: str) -> None:
         ttl_ms = max(1, round(self.lock_ttl * 1000))
@@ -500,6 +578,7 @@ class RedisTokenStore:
         task = asyncio.get_running_loop().create_task(coro)
         into.add(task)
         task.add_done_callback(into.discard)
+        task.add_done_callback(_retrieved)  # a release that raised was reported already
         return task
 
     async def _release_after(
@@ -513,4 +592,13 @@ class RedisTokenStore:
         try:
             await self._call("release a lock", self._release_script(keys=[key], args=[holder]))
         except StorageError as exc:
+            if isinstance(exc, AclDenied):
+                # Every lock of this user would stay held for lock_ttl: say so at once.
+                logger.error("could not release a lock: %s", exc)
+                raise
             logger.warning("could not release a lock (it expires by itself): %s", exc)
+
+
+def _retrieved(task: asyncio.Task[None]) -> None:
+    if not task.cancelled():
+        task.exception()

@@ -39,6 +39,14 @@ def open_store(url: str) -> TokenStore:
                                                      to a plaintext backend)
     ``redis://[:PASSWORD@]HOST[:PORT][/DB]``         :class:`RedisTokenStore`; ``rediss://``
                                                      for TLS
+    ``redis+cluster://HOST:PORT[,HOST:PORT]/``       :class:`RedisTokenStore` on a Redis
+                                                     Cluster (``rediss+cluster://``: TLS)
+    ``redis+sentinel://HOST:PORT[,...]/SERVICE``     :class:`RedisTokenStore` on the master
+                                                     Sentinel names (``[/DB]`` after it)
+    ``sqlite:///abs/tokens.db``                      :class:`SQLiteTokenStore`
+                                                     (``sqlite:relative/tokens.db`` too)
+    ``postgresql://USER[:PASSWORD]@HOST[:PORT]/DB``  :class:`PostgresTokenStore`
+                                                     (``postgres://`` too)
     ===============================================  =======================================
 
     Paths: ``file:///abs/x.json`` (or ``file://localhost/abs/x.json``, ``file:/abs/x.json``)
@@ -54,8 +62,10 @@ def open_store(url: str) -> TokenStore:
     ``redis://`` URL is encrypted only when given ``?key_env=`` or ``?key_keyring=``. A
     key itself is never accepted in a URL: URLs end up in shell histories and logs.
 
-    ``redis://`` also takes ``?namespace=NAME``; its other query parameters go to
-    redis-py. Unknown query parameters of the other schemes raise ``ValueError``. No
+    ``redis://``, ``sqlite:`` and ``postgresql://`` also take ``?namespace=NAME`` (and
+    are encrypted only with ``?key_env=`` or ``?key_keyring=``); the other query
+    parameters of ``redis://`` go to redis-py, those of ``postgresql://`` to asyncpg
+    (``sslmode=``...). Unknown query parameters of the other schemes raise ``ValueError``. No
     error message shows a password or key from the URL.
     """
     if not isinstance(url, str):
@@ -150,6 +160,40 @@ def _open_redis(url: str, parts: urllib.parse.SplitResult) -> TokenStore:
     return RedisTokenStore(redis_url, key=key)
 
 
+def _open_sqlite(url: str, parts: urllib.parse.SplitResult) -> TokenStore:
+    from ._sqlite import SQLiteTokenStore
+
+    params = _params(url, parts, ("namespace", *_KEY_PARAMS))
+    path = _path(url, parts)
+    key = _key(url, params, required=False)
+    if "namespace" in params:
+        return SQLiteTokenStore(path, namespace=params["namespace"], key=key)
+    return SQLiteTokenStore(path, key=key)
+
+
+def _open_postgres(url: str, parts: urllib.parse.SplitResult) -> TokenStore:
+    from ._postgres import PostgresTokenStore
+
+    ours, dsn = _split_ours(url, parts)
+    key = _key(url, ours, required=False)
+    if "namespace" in ours:
+        return PostgresTokenStore(dsn, namespace=ours["namespace"], key=key)
+    return PostgresTokenStore(dsn, key=key)
+
+
+def _split_ours(url: str, parts: urllib.parse.SplitResult) -> tuple[dict[str, str], str]:
+    """Our query parameters (namespace, key sources), and the URL with the others only."""
+    options = urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
+    names = [name for name, _ in options]
+    if len(set(names)) != len(names):
+        raise _bad(url, "repeats a query parameter")
+    if "key" in names:
+        raise _bad(url, _NO_KEY_IN_URL)
+    ours = {name: value for name, value in options if name in ("namespace", *_KEY_PARAMS)}
+    rest = urllib.parse.urlencode([(n, v) for n, v in options if n not in ours])
+    return ours, urllib.parse.urlunsplit(parts._replace(query=rest))
+
+
 _OPENERS: dict[str, Callable[[str, urllib.parse.SplitResult], TokenStore]] = {
     "memory": _open_memory,
     "file": _open_file,
@@ -158,6 +202,13 @@ _OPENERS: dict[str, Callable[[str, urllib.parse.SplitResult], TokenStore]] = {
     "keyring": _open_keyring,
     "redis": _open_redis,
     "rediss": _open_redis,
+    "redis+cluster": _open_redis,
+    "rediss+cluster": _open_redis,
+    "redis+sentinel": _open_redis,
+    "rediss+sentinel": _open_redis,
+    "sqlite": _open_sqlite,
+    "postgresql": _open_postgres,
+    "postgres": _open_postgres,
 }
 
 #: The URL schemes :func:`open_store` knows.

@@ -1,7 +1,8 @@
 """One process of a fleet sharing a RedisTokenStore, for tests/test_redis.py and bench/.
 
-Run as ``fleet_child.py ROLE CONFIG`` where CONFIG is a JSON object with ``redis_url``,
-``namespace``, ``token_url``, ``client_id``, ``client_secret`` and the role's own keys:
+Run as ``fleet_child.py ROLE CONFIG`` where CONFIG is a JSON object with ``redis_url`` and
+``namespace`` (or a ``store_url`` for :func:`aioamztoken.open_store`), ``token_url``,
+``client_id``, ``client_secret`` and the role's own keys:
 
 fleet    ``accounts`` (list), ``callers``: print "ready", wait for a line on stdin, then
          ``callers`` tasks each ask for every account at once; print a JSON line
@@ -32,7 +33,13 @@ async def wait_for_go() -> None:
     await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
 
 
-def manager(config: dict[str, Any], store: at.RedisTokenStore) -> at.AsyncTokenManager:
+def open_fleet_store(config: dict[str, Any], **redis_options: Any) -> Any:
+    if "store_url" in config:
+        return at.open_store(config["store_url"])
+    return at.RedisTokenStore(config["redis_url"], namespace=config["namespace"], **redis_options)
+
+
+def manager(config: dict[str, Any], store: Any) -> at.AsyncTokenManager:
     return at.AsyncTokenManager(
         config["client_id"],
         config["client_secret"],
@@ -44,8 +51,9 @@ def manager(config: dict[str, Any], store: at.RedisTokenStore) -> at.AsyncTokenM
 
 async def fleet(config: dict[str, Any]) -> None:
     accounts: list[str] = config["accounts"]
-    store = at.RedisTokenStore(config["redis_url"], namespace=config["namespace"])
+    store = open_fleet_store(config)
     async with store, manager(config, store) as mgr:
+        await store.accounts()  # connected (to the current master, behind a Sentinel)
         say("ready")
         await wait_for_go()
 
@@ -67,9 +75,8 @@ async def fleet(config: dict[str, Any]) -> None:
 
 
 async def refresh(config: dict[str, Any]) -> None:
-    store = at.RedisTokenStore(
-        config["redis_url"], namespace=config["namespace"], lock_ttl=config["lock_ttl"]
-    )
+    options = {} if "store_url" in config else {"lock_ttl": config["lock_ttl"]}
+    store = open_fleet_store(config, **options)
     async with store, manager(config, store) as mgr:
         say("ready")
         say(await mgr.get_access_token(config["account"]))
