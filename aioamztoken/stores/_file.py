@@ -17,6 +17,7 @@ from ._codec import decode_file, encode_file, lock_name
 from ._fs import (
     DEFAULT_MAX_FILE_SIZE,
     atomic_write,
+    check_regular_or_absent,
     read_bytes,
     resolve_path,
     run_sync,
@@ -163,6 +164,9 @@ class FileTokenStore:
     def _lock_dir(self) -> Path:
         # Next to the file itself, not to a symlink naming it: every name, one lock.
         target = Path(os.path.realpath(self._path))
+        # A FIFO or a device there is refused before any lock directory is made beside
+        # it (in /dev, say); the store's reads would refuse it anyway.
+        check_regular_or_absent(target, self._path)
         return target.with_name(f".{target.name}.locks")
 
     def _file_lock(self) -> Path:

@@ -24,6 +24,7 @@ from ._trust import check_lock_dir, check_owned, open_lock_fd
 __all__ = [
     "DEFAULT_MAX_FILE_SIZE",
     "atomic_write",
+    "check_regular_or_absent",
     "ensure_dir",
     "list_dir",
     "open_lock_file",
@@ -142,6 +143,21 @@ def read_bytes(path: Path, max_size: int = DEFAULT_MAX_FILE_SIZE) -> bytes | Non
         raise os_failure("read", path, exc) from exc
     finally:
         os.close(fd)
+
+
+def check_regular_or_absent(path: Path, shown: Path | None = None) -> None:
+    """Raise the StorageError :func:`read_bytes` would if ``path`` exists but is not a
+    regular file (a FIFO, a device, a directory: symlinks followed), naming ``shown``.
+
+    For a store to call before it creates anything next to ``path`` (its lock files):
+    nothing is made beside a device, say in ``/dev``. A missing or unreachable ``path``
+    passes; reading it reports that.
+    """
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return
+    _check_regular(path if shown is None else shown, mode)
 
 
 def _check_regular(path: Path, mode: int) -> None:
