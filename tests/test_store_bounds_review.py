@@ -8,14 +8,19 @@ error that did not say what was wrong). Now every call refuses it before anythin
 
 from __future__ import annotations
 
+import asyncio
 import os
 import stat
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from aioamztoken import StorageError, Token
+from aioamztoken import RedisTokenStore, StorageError, Token, TokenStore, open_store
 from aioamztoken.stores import EncryptedFileTokenStore, FileTokenStore
+
+from .redis_server import REDIS_SERVER, SKIP_REASON, RedisServer
 
 KEY = EncryptedFileTokenStore.generate_key()
 OPERATIONS = ("save", "delete", "mark", "lock", "load")
@@ -91,3 +96,62 @@ async def test_a_regular_file_still_gets_its_locks_beside_it(tmp_path: Path) -> 
 
     assert sorted(os.listdir(target.parent)) == [".tokens.json.locks", "tokens.json"]
     assert await FileTokenStore(target).load("a") == Token("Atza|1", "Atzr|1", 2e9)
+
+
+# ------------------------------------------------------------------ Redis bounds in a store URL
+# open_store("redis://...?timeout=1") gave the 1 s to redis-py's pool wait only: each
+# command kept the 5 s default socket timeout, so a frozen Redis took about 15 s to report.
+
+
+@pytest.fixture
+def frozen_able_redis() -> Iterator[RedisServer]:
+    if REDIS_SERVER is None:
+        pytest.skip(SKIP_REASON)
+    server = RedisServer().start()
+    yield server
+    server.stop()  # resumes a frozen server first
+
+
+async def timed_load(store: TokenStore) -> tuple[object, float]:
+    started = time.monotonic()
+    try:
+        result: object = await store.load("a")
+    except Exception as exc:
+        result = exc
+    return result, time.monotonic() - started
+
+
+@pytest.mark.redis
+async def test_a_redis_url_timeout_bounds_every_command_on_a_frozen_redis(
+    frozen_able_redis: RedisServer,
+) -> None:
+    pytest.importorskip("redis")
+    store = open_store(f"{frozen_able_redis.url}?timeout=1&max_connections=5&namespace=rv")
+    assert isinstance(store, RedisTokenStore)
+    async with store:
+        await store.save("a", Token("Atza|1", "Atzr|1", 2e9))
+        frozen_able_redis.pause()
+        try:
+            outcomes = await asyncio.gather(*(timed_load(store) for _ in range(20)))
+        finally:
+            frozen_able_redis.resume()
+        assert {type(result).__name__ for result, _ in outcomes} == {"StorageError"}
+        slowest = max(seconds for _, seconds in outcomes)
+        assert slowest < 3 * 1.0 + 2.5, f"the slowest caller waited {slowest:.1f}s"
+        assert await asyncio.wait_for(store.load("a"), 10) == Token("Atza|1", "Atzr|1", 2e9)
+
+
+@pytest.mark.parametrize("query", ["timeout=soon", "max_connections=1.5", "lock_ttl=x"])
+def test_an_unusable_redis_url_bound_is_a_clear_error(query: str) -> None:
+    pytest.importorskip("redis")
+    with pytest.raises(ValueError, match=query.split("=")[0] + "="):
+        open_store(f"redis://127.0.0.1:1/0?{query}")
+
+
+def test_redis_url_bounds_reach_the_store() -> None:
+    pytest.importorskip("redis")
+    store = open_store("redis://127.0.0.1:1/0?lock_ttl=7.5&timeout=2")
+    assert isinstance(store, RedisTokenStore)
+    assert store.lock_ttl == 7.5
+    with pytest.raises(ValueError, match="positive"):
+        open_store("redis://127.0.0.1:1/0?timeout=0")
