@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from aioamztoken import RedisTokenStore, StorageError, Token, TokenStore, open_store
-from aioamztoken.stores import EncryptedFileTokenStore, FileTokenStore
+from aioamztoken.stores import DirectoryTokenStore, EncryptedFileTokenStore, FileTokenStore
 
 from .redis_server import REDIS_SERVER, SKIP_REASON, RedisServer
 
@@ -155,3 +155,72 @@ def test_redis_url_bounds_reach_the_store() -> None:
     assert store.lock_ttl == 7.5
     with pytest.raises(ValueError, match="positive"):
         open_store("redis://127.0.0.1:1/0?timeout=0")
+
+
+# ------------------------------------------------------------------ writes beyond max_file_size
+# A save that made the file larger than max_file_size was written: from then on every
+# call of that store refused the file it had just written ("larger than max_file_size").
+
+
+@pytest.mark.parametrize("kind", ["file", "encrypted"])
+async def test_a_save_that_would_outgrow_max_file_size_is_refused_and_nothing_written(
+    kind: str, tmp_path: Path
+) -> None:
+    path = tmp_path / "tokens.json"
+    store = (
+        FileTokenStore(path, max_file_size=2000)
+        if kind == "file"
+        else EncryptedFileTokenStore(path, key=KEY, max_file_size=2000)
+    )
+    refused: StorageError | None = None
+    saved = 0
+    for n in range(100):
+        before = path.read_bytes() if path.exists() else None
+        try:
+            await store.save(f"account-{n}", Token(f"Atza|{n}", f"Atzr|{n}", 2e9))
+        except StorageError as exc:
+            refused = exc
+            break
+        saved += 1
+    assert refused is not None, "100 saves fitted in 2,000 bytes"
+    assert 0 < saved < 100
+    assert "max_file_size" in str(refused)
+    assert "nothing was written" in str(refused)
+    assert path.read_bytes() == before  # the last file that fits, untouched
+    assert path.stat().st_size <= 2000
+    assert await store.accounts() == sorted(f"account-{n}" for n in range(saved))
+    await store.delete("account-0")  # the store still works, within its cap
+    assert await store.load("account-0") is None
+
+
+async def test_a_directory_save_that_would_outgrow_max_file_size_is_refused(
+    tmp_path: Path,
+) -> None:
+    store = DirectoryTokenStore(tmp_path / "tokens", max_file_size=600)
+    await store.save("a", Token("Atza|1", "Atzr|1", 2e9))
+    before = (tmp_path / "tokens" / "a.json").read_bytes()
+
+    with pytest.raises(StorageError, match="max_file_size"):
+        await store.save("a", Token("Atza|2", "Atzr|2", 2e9, scope="x" * 1000))
+    with pytest.raises(StorageError, match="max_file_size"):
+        await store.save("b", Token("Atza|2", "Atzr|2", 2e9, scope="x" * 1000))
+
+    assert (tmp_path / "tokens" / "a.json").read_bytes() == before
+    assert sorted(os.listdir(tmp_path / "tokens")) == ["a.json"]
+    assert await store.load("a") == Token("Atza|1", "Atzr|1", 2e9)
+
+
+async def test_a_mark_that_would_outgrow_max_file_size_is_refused_and_the_file_kept(
+    tmp_path: Path,
+) -> None:
+    directory = tmp_path / "tokens"
+    token = Token("Atza|1", "Atzr|1", 2e9)
+    await DirectoryTokenStore(directory).save("a", token)
+    before = (directory / "a.json").read_bytes()
+    store = DirectoryTokenStore(directory, max_file_size=len(before))  # full to the byte
+
+    with pytest.raises(StorageError, match="max_file_size"):
+        await store.mark_needs_reauth("a", "Atzr|1")
+
+    assert (directory / "a.json").read_bytes() == before
+    assert await store.load("a") == token

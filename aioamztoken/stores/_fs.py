@@ -189,13 +189,22 @@ def _check_size(path: Path, size: int, max_size: int) -> None:
         )
 
 
-def atomic_write(path: Path, data: bytes) -> None:
+def atomic_write(path: Path, data: bytes, max_size: int | None = None) -> None:
     """Replace ``path`` with a mode-0600 file holding ``data``, atomically and durably.
 
     Readers see the old contents or the new, never a mix, even if this process dies
     midway. The parent directory must exist. A symlink at ``path`` is followed, so the
-    file it points to is the one replaced.
+    file it points to is the one replaced. ``data`` longer than ``max_size`` (the store's
+    ``max_file_size``: it could not read the file back) raises StorageError, nothing
+    written.
     """
+    if max_size is not None and len(data) > max_size:
+        raise StorageError(
+            f"{path} would become larger than the store's max_file_size ({max_size} "
+            f"bytes: {len(data)} bytes), which it could not read back: nothing was "
+            "written; raise max_file_size",
+            location=str(path),
+        )
     target = Path(os.path.realpath(path))
     # Hidden, and short whatever the target's name: never taken for an account file.
     temp = target.with_name(f".{target.name[:100]}.{secrets.token_hex(8)}.tmp")
