@@ -27,7 +27,8 @@ class TokenStore(Protocol):
 
     Optional: ``async def mark_needs_reauth(account_id, refresh_token) -> bool``, which
     flags the stored record as needing re-authorization only if it still holds
-    ``refresh_token``, atomically (every store of this package has one). Without it the
+    ``refresh_token``, atomically (every store of this package but the keyring store has
+    one; the manager marks that one under its cross-process lock). Without it the
     manager reads, compares and saves, which is safe only under the store's lock.
 
     Concurrency: the manager calls a store from its event loop, concurrently for
@@ -110,7 +111,8 @@ async def mark_refused(store: TokenStore, account_id: str, refresh_token: str) -
     (``invalid_grant``), unless the store holds another refresh token by now.
 
     A store's own ``mark_needs_reauth(account_id, refresh_token) -> bool`` does it
-    atomically (every store of this package has one). For a store without it, the record
+    atomically (every store of this package but the keyring store has one). For a store
+    without it (the keyring store, a user-written one), the record
     is read, compared and saved, which is safe under the store's lock but not atomic.
     Returns whether the stored record holds ``refresh_token``, flagged; ``False`` when it
     holds another refresh token (a newer one: nothing was written) or is absent.

@@ -48,8 +48,9 @@ class DirectoryTokenStore:
     refused at once, never waited on) or that is larger than ``max_file_size`` bytes
     (default 1 MiB; a token takes a few kilobytes) makes ``load``, ``save`` and ``delete``
     of that account raise :class:`~aioamztoken.StorageError`, and it is never overwritten
-    or deleted. Safe to share between tasks on one event loop and between processes; not
-    thread-safe.
+    or deleted; a save that would make it larger than ``max_file_size`` raises
+    StorageError and writes nothing. Safe to share between tasks on one event loop and
+    between processes; not thread-safe.
     """
 
     #: The default ``max_file_size`` (bytes) of one account's file.
@@ -124,7 +125,8 @@ class DirectoryTokenStore:
         if current is None or current.refresh_token != refresh_token:
             return False
         if not current.needs_reauth:
-            atomic_write(path, encode_account(account_id, replace(current, needs_reauth=True)))
+            marked = encode_account(account_id, replace(current, needs_reauth=True))
+            atomic_write(path, marked, self.max_file_size)
         return True
 
     def _file_of(self, account_id: str) -> Path:
@@ -142,7 +144,7 @@ class DirectoryTokenStore:
     def _write(self, account_id: str, token: Token, path: Path) -> None:
         self._read(account_id, path)  # raises rather than replace what it cannot read
         ensure_dir(self._dir)
-        atomic_write(path, encode_account(account_id, token))
+        atomic_write(path, encode_account(account_id, token), self.max_file_size)
 
     def _remove(self, account_id: str, path: Path) -> None:
         if self._read(account_id, path) is not None:

@@ -17,6 +17,7 @@ from ._codec import decode_file, encode_file, lock_name
 from ._fs import (
     DEFAULT_MAX_FILE_SIZE,
     atomic_write,
+    check_regular_or_absent,
     read_bytes,
     resolve_path,
     run_sync,
@@ -86,6 +87,8 @@ class FileTokenStore:
     regular file (a FIFO, a device: refused at once, never waited on) or that is larger
     than ``max_file_size`` bytes (default 64 MiB, some 40,000 accounts) makes
     every method raise :class:`~aioamztoken.StorageError`, and it is never overwritten.
+    A write that would make the file larger than ``max_file_size`` raises StorageError
+    and writes nothing (the store could not read it back).
 
     Cost: each call reads the whole file and each write rewrites it. Saves and deletes
     made while a write is under way are queued and written together by the next one, so
@@ -163,6 +166,9 @@ class FileTokenStore:
     def _lock_dir(self) -> Path:
         # Next to the file itself, not to a symlink naming it: every name, one lock.
         target = Path(os.path.realpath(self._path))
+        # A FIFO or a device there is refused before any lock directory is made beside
+        # it (in /dev, say); the store's reads would refuse it anyway.
+        check_regular_or_absent(target, self._path)
         return target.with_name(f".{target.name}.locks")
 
     def _file_lock(self) -> Path:
@@ -240,7 +246,7 @@ class FileTokenStore:
             return False
         if not current.needs_reauth or outdated:
             accounts[account_id] = replace(current, needs_reauth=True)
-            atomic_write(self._path, self._encode(accounts))
+            atomic_write(self._path, self._encode(accounts), self.max_file_size)
         return True
 
     def _apply(self, changes: dict[str, _Change]) -> None:
@@ -253,4 +259,4 @@ class FileTokenStore:
             else:
                 accounts[account_id] = token
         if outdated or accounts != before or needs_tightening(self._path):
-            atomic_write(self._path, self._encode(accounts))
+            atomic_write(self._path, self._encode(accounts), self.max_file_size)

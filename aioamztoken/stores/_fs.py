@@ -24,6 +24,7 @@ from ._trust import check_lock_dir, check_owned, open_lock_fd
 __all__ = [
     "DEFAULT_MAX_FILE_SIZE",
     "atomic_write",
+    "check_regular_or_absent",
     "ensure_dir",
     "list_dir",
     "open_lock_file",
@@ -144,6 +145,21 @@ def read_bytes(path: Path, max_size: int = DEFAULT_MAX_FILE_SIZE) -> bytes | Non
         os.close(fd)
 
 
+def check_regular_or_absent(path: Path, shown: Path | None = None) -> None:
+    """Raise the StorageError :func:`read_bytes` would if ``path`` exists but is not a
+    regular file (a FIFO, a device, a directory: symlinks followed), naming ``shown``.
+
+    For a store to call before it creates anything next to ``path`` (its lock files):
+    nothing is made beside a device, say in ``/dev``. A missing or unreachable ``path``
+    passes; reading it reports that.
+    """
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return
+    _check_regular(path if shown is None else shown, mode)
+
+
 def _check_regular(path: Path, mode: int) -> None:
     if stat.S_ISREG(mode):
         return
@@ -173,13 +189,22 @@ def _check_size(path: Path, size: int, max_size: int) -> None:
         )
 
 
-def atomic_write(path: Path, data: bytes) -> None:
+def atomic_write(path: Path, data: bytes, max_size: int | None = None) -> None:
     """Replace ``path`` with a mode-0600 file holding ``data``, atomically and durably.
 
     Readers see the old contents or the new, never a mix, even if this process dies
     midway. The parent directory must exist. A symlink at ``path`` is followed, so the
-    file it points to is the one replaced.
+    file it points to is the one replaced. ``data`` longer than ``max_size`` (the store's
+    ``max_file_size``: it could not read the file back) raises StorageError, nothing
+    written.
     """
+    if max_size is not None and len(data) > max_size:
+        raise StorageError(
+            f"{path} would become larger than the store's max_file_size ({max_size} "
+            f"bytes: {len(data)} bytes), which it could not read back: nothing was "
+            "written; raise max_file_size",
+            location=str(path),
+        )
     target = Path(os.path.realpath(path))
     # Hidden, and short whatever the target's name: never taken for an account file.
     temp = target.with_name(f".{target.name[:100]}.{secrets.token_hex(8)}.tmp")

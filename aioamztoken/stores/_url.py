@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import urllib.parse
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from .._errors import StorageError
 from .._scrub import scrubbed
@@ -63,8 +64,10 @@ def open_store(url: str) -> TokenStore:
     key itself is never accepted in a URL: URLs end up in shell histories and logs.
 
     ``redis://``, ``sqlite:`` and ``postgresql://`` also take ``?namespace=NAME`` (and
-    are encrypted only with ``?key_env=`` or ``?key_keyring=``); the other query
-    parameters of ``redis://`` go to redis-py, those of ``postgresql://`` to asyncpg
+    are encrypted only with ``?key_env=`` or ``?key_keyring=``). ``redis://`` also takes
+    the store's bounds ``?timeout=``, ``?max_connections=`` and ``?lock_ttl=`` (see
+    :class:`RedisTokenStore`). The other query parameters of ``redis://`` go to redis-py,
+    those of ``postgresql://`` to asyncpg
     (``sslmode=``...). Unknown query parameters of the other schemes raise ``ValueError``. No
     error message shows a password or key from the URL.
     """
@@ -150,14 +153,35 @@ def _open_redis(url: str, parts: urllib.parse.SplitResult) -> TokenStore:
         raise _bad(url, "repeats a query parameter")
     if "key" in names:
         raise _bad(url, _NO_KEY_IN_URL)
-    ours = {name: value for name, value in options if name in ("namespace", *_KEY_PARAMS)}
+    ours = {
+        name: value
+        for name, value in options
+        if name in ("namespace", *_KEY_PARAMS, *_REDIS_BOUNDS)
+    }
     rest = urllib.parse.urlencode([(n, v) for n, v in options if n not in ours])
     redis_url = urllib.parse.urlunsplit(parts._replace(query=rest))
     key = _key(url, ours, required=False)
+    # ?timeout=, ?max_connections= and ?lock_ttl= are the store's own bounds (timeout
+    # covers each command, connecting and the wait for a pool connection), not only
+    # redis-py's pool wait: otherwise ?timeout=1 left commands a 5 s socket timeout.
+    bounds: dict[str, Any] = {}
+    for name, convert in _REDIS_BOUNDS.items():
+        if name in ours:
+            try:
+                bounds[name] = convert(ours[name])
+            except ValueError:
+                raise _bad(url, f"has an unusable {name}= (a number is expected)") from None
     namespace = ours.get("namespace")
     if namespace is not None:
-        return RedisTokenStore(redis_url, namespace=namespace, key=key)
-    return RedisTokenStore(redis_url, key=key)
+        return RedisTokenStore(redis_url, namespace=namespace, key=key, **bounds)
+    return RedisTokenStore(redis_url, key=key, **bounds)
+
+
+_REDIS_BOUNDS: dict[str, Callable[[str], float | int]] = {
+    "timeout": float,
+    "lock_ttl": float,
+    "max_connections": int,
+}
 
 
 def _open_sqlite(url: str, parts: urllib.parse.SplitResult) -> TokenStore:
