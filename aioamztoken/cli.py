@@ -40,7 +40,9 @@ from ._cli_support import (
     add_global_options,
     ask_yes_no,
     escape,
+    interruptible,
     missing_extra,
+    open_missing_streams,
     silence_stdout,
 )
 from ._errors import (
@@ -206,6 +208,7 @@ def _build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit status."""
+    open_missing_streams()
     try:
         status = _main(argv)
         sys.stdout.flush()  # a closed pipe is found here, not at interpreter exit
@@ -410,7 +413,8 @@ def _read_secret_from_stdin() -> str:
         import getpass
 
         try:
-            value = getpass.getpass("refresh token (input hidden): ")
+            with interruptible():  # Ctrl-C: KeyboardInterrupt, not ignored
+                value = getpass.getpass("refresh token (input hidden): ")
         except EOFError:  # Ctrl-D
             print(file=sys.stderr)
             raise CliError("no refresh token was entered; nothing was stored", EXIT_USAGE) from None

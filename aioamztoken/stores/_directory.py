@@ -11,6 +11,7 @@ from .._models import Token
 from ._codec import corrupt, decode_account, decode_name, encode_account, encode_name, lock_name
 from ._fs import atomic_write, ensure_dir, list_dir, read_bytes, remove, resolve_path, run_sync
 from ._locks import LockFiles
+from ._trust import check_store_dir
 
 __all__ = ["DirectoryTokenStore"]
 
@@ -104,6 +105,7 @@ class DirectoryTokenStore:
     def _write(self, account_id: str, token: Token, path: Path) -> None:
         self._read(account_id, path)  # raises rather than replace what it cannot read
         ensure_dir(self._dir)
+        check_store_dir(self._dir)  # never write tokens into another user's directory
         atomic_write(path, encode_account(account_id, token))
 
     def _remove(self, account_id: str, path: Path) -> None:
