@@ -583,7 +583,8 @@ async def _login(mgr: AsyncTokenManager, args: argparse.Namespace) -> int:
         if not args.no_browser:
             webbrowser.open(url)
         print("redirected URL: ", end="", file=sys.stderr, flush=True)
-        pasted = await asyncio.to_thread(sys.stdin.readline)
+        with interruptible():  # a read in a thread would outlive Ctrl-C, until Enter
+            pasted = sys.stdin.readline()
         code = _code_from_redirect(pasted.strip(), state)
     else:
         from ._cli_login import LoopbackReceiver

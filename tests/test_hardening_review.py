@@ -151,6 +151,22 @@ async def test_ctrl_c_at_the_remove_question_interrupts_at_once(
     assert await store_of(cli_env).accounts() == ["acct"]
 
 
+async def test_ctrl_c_at_the_manual_login_paste_prompt_interrupts_at_once(
+    cli_env: dict[str, str],
+) -> None:
+    async with terminal(
+        cli_env, "login", "acct", "--manual", "--no-browser", "--timeout", "300"
+    ) as term:
+        await term.expect("redirected URL:")
+        await asyncio.sleep(0.5)
+        term.type(b"\x03")
+        # Before the fix the read ran in a thread that outlived Ctrl-C until Enter.
+        status = await term.finish(timeout=30)
+    assert status == 130, term.seen
+    assert b"interrupted" in term.seen
+    assert b"Traceback" not in term.seen
+
+
 # ------------------------------------------------------------------ closed standard streams
 
 
