@@ -617,16 +617,17 @@ def _code_from_redirect(url: str, state: str) -> str:
 
 
 def _code_from_query(query: dict[str, list[str]], state: str) -> str:
-    if "error" in query:
-        error = query["error"][0]
-        description = query.get("error_description", [""])[0]
-        raise CliError(f"authorization was refused: {error} {redact(description)}".strip())
+    # The state first: an error= of another login (or a forged one) is not this one's answer.
     got_state = query.get("state", [""])[0]
     if not secrets.compare_digest(got_state.encode(), state.encode()):
         raise CliError(
             "state mismatch: the redirect did not come from this login attempt "
             "(possible CSRF); nothing was stored"
         )
+    if "error" in query:
+        error = query["error"][0]
+        description = query.get("error_description", [""])[0]
+        raise CliError(f"authorization was refused: {error} {redact(description)}".strip())
     code = query.get("code", [""])[0]
     if not code:
         raise CliError("the redirect carried no authorization code")

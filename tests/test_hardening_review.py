@@ -167,6 +167,19 @@ async def test_ctrl_c_at_the_manual_login_paste_prompt_interrupts_at_once(
     assert b"Traceback" not in term.seen
 
 
+async def test_a_pasted_refusal_of_another_login_is_reported_as_a_state_mismatch(
+    cli_env: dict[str, str],
+) -> None:
+    proc, _ = await start_login(cli_env, "--manual", redirect_uri="https://app.example/cb")
+    assert proc.stdin is not None
+    proc.stdin.write(b"https://app.example/cb?error=access_denied&state=not-this-login\n")
+    _, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 1
+    assert "state mismatch" in err.decode()
+    assert "refused" not in err.decode()
+    assert not Path(cli_env["AIOAMZTOKEN_STORE"].removeprefix("file://")).exists()
+
+
 # ------------------------------------------------------------------ closed standard streams
 
 
