@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import shutil
 import signal
 import sys
@@ -29,7 +30,36 @@ def run_emulator(port: int, out: TextIO | None = None) -> int:
     return asyncio.run(_serve(port, out or sys.stdout))
 
 
+class _OneLine(logging.Handler):
+    """aiohttp's report of a malformed request, as one escaped line without traceback."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        from ._cli_support import escape
+
+        reason = ""
+        if record.exc_info and record.exc_info[1] is not None:
+            reason = f": {type(record.exc_info[1]).__name__}"
+        try:
+            text = " ".join(record.getMessage().split())
+        except Exception:
+            text = "a request failed"
+        print(f"aioamztoken emulator: {escape(text)[:200]}{reason}", file=sys.stderr)
+
+
 async def _serve(port: int, out: TextIO) -> int:
+    # No traceback on the terminal for a malformed request: one line instead.
+    server_log = logging.getLogger("aiohttp.server")
+    quiet = _OneLine()
+    server_log.addHandler(quiet)
+    server_log.propagate = False
+    try:
+        return await _serve_quietly(port, out)
+    finally:
+        server_log.removeHandler(quiet)
+        server_log.propagate = True
+
+
+async def _serve_quietly(port: int, out: TextIO) -> int:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):

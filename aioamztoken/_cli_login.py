@@ -4,6 +4,7 @@ for the consent redirect of this login, and only this one."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import secrets
 import sys
 from typing import Any
@@ -13,6 +14,13 @@ from ._cli_support import escape, strip_controls
 from .cli import EXIT_USAGE, CliError
 
 __all__ = ["LoopbackReceiver"]
+
+# aiohttp's report of a malformed request (a traceback, and the raw request line) goes
+# here rather than to the terminal: the command never shows a traceback, and a local
+# program must not be able to write to the user's terminal through the receiver.
+_quiet = logging.getLogger("aioamztoken.cli.receiver")
+_quiet.addHandler(logging.NullHandler())
+_quiet.propagate = False
 
 
 class LoopbackReceiver:
@@ -65,7 +73,7 @@ class LoopbackReceiver:
         self._received = asyncio.get_running_loop().create_future()
         app = web.Application()
         app.router.add_route("*", "/{tail:.*}", self._handle)
-        self._runner = web.AppRunner(app, access_log=None)
+        self._runner = web.AppRunner(app, access_log=None, logger=_quiet)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", self._port)
         try:
@@ -80,9 +88,10 @@ class LoopbackReceiver:
         else:
             port = self._runner.addresses[0][1]
             self._host = f"{self._parts.hostname}:{port}"
-            self.redirect_uri = urlunsplit(
-                (self._parts.scheme, self._host, self._path, self._parts.query, "")
-            )
+            if self._port == 0:  # name the port picked; otherwise keep the URI as registered
+                self.redirect_uri = urlunsplit(
+                    (self._parts.scheme, self._host, self._path, self._parts.query, "")
+                )
             return self
         raise failure
 
@@ -95,7 +104,9 @@ class LoopbackReceiver:
 
         assert self._received is not None
         host = (request.headers.get("Host") or "").lower()
-        if host != self._host.lower():
+        if host != self._host.lower() and not (
+            self._port == 80 and host == f"{self._parts.hostname}".lower()
+        ):  # a browser leaves out the default port 80
             # Another name for this address (DNS rebinding): not the redirect URI's origin.
             self._ignore(f"a request for another host ({escape(host[:100])!r})")
             return web.Response(status=400, text="wrong host\n")

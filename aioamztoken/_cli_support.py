@@ -4,7 +4,9 @@ command, safe printing, confirmation prompts, quiet exits on a closed pipe."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import signal
 import sys
 import unicodedata
 from typing import Any
@@ -14,7 +16,9 @@ __all__ = [
     "add_global_options",
     "ask_yes_no",
     "escape",
+    "interruptible",
     "missing_extra",
+    "open_missing_streams",
     "silence_stdout",
     "strip_controls",
 ]
@@ -124,11 +128,31 @@ class CommandParser(argparse.ArgumentParser):
         add_global_options(self, after_command=True)
 
 
+@contextlib.contextmanager
+def interruptible() -> Any:
+    """Let Ctrl-C interrupt a blocking read of the terminal made on the event loop.
+
+    ``asyncio.run`` replaces the SIGINT handler with one that only cancels the main task,
+    which cannot run while the loop's thread waits in ``readline``: the prompt would
+    ignore Ctrl-C. Inside this block Ctrl-C raises ``KeyboardInterrupt`` at once."""
+    try:
+        previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    except (ValueError, OSError):  # not the main thread: nothing to change
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def ask_yes_no(question: str) -> bool:
-    """Ask ``question`` on the terminal; true only for an explicit yes. Ctrl-D is a no."""
+    """Ask ``question`` on the terminal; true only for an explicit yes. Ctrl-D is a no,
+    Ctrl-C raises ``KeyboardInterrupt``."""
     print(f"{question} [y/N] ", end="", file=sys.stderr, flush=True)
     try:
-        answer = sys.stdin.readline()
+        with interruptible():
+            answer = sys.stdin.readline()
     except (EOFError, OSError):
         answer = ""
     if not answer.endswith("\n"):
@@ -157,3 +181,14 @@ def silence_stdout() -> None:
         os.close(devnull)
     except (OSError, ValueError, AttributeError):  # no real stdout: nothing to silence
         pass
+
+
+def open_missing_streams() -> None:
+    """Started with standard output or error closed (``aioamztoken accounts >&-``), Python
+    sets ``sys.stdout`` / ``sys.stderr`` to ``None``: point them at /dev/null, so that
+    nothing fails on them and messages meant for stderr never land in stdout."""
+    for name in ("stdout", "stderr"):
+        if getattr(sys, name) is None:
+            # Kept open until the process exits (closefd=False: no warning at exit).
+            fd = os.open(os.devnull, os.O_WRONLY)
+            setattr(sys, name, open(fd, "w", encoding="utf-8", closefd=False))  # noqa: SIM115

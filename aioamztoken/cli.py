@@ -40,7 +40,9 @@ from ._cli_support import (
     add_global_options,
     ask_yes_no,
     escape,
+    interruptible,
     missing_extra,
+    open_missing_streams,
     silence_stdout,
 )
 from ._errors import (
@@ -213,6 +215,7 @@ def _build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit status."""
+    open_missing_streams()
     try:
         status = _main(argv)
         sys.stdout.flush()  # a closed pipe is found here, not at interpreter exit
@@ -421,7 +424,8 @@ def _read_secret_from_stdin() -> str:
         import getpass
 
         try:
-            value = getpass.getpass("refresh token (input hidden): ")
+            with interruptible():  # Ctrl-C: KeyboardInterrupt, not ignored
+                value = getpass.getpass("refresh token (input hidden): ")
         except EOFError:  # Ctrl-D
             print(file=sys.stderr)
             raise CliError("no refresh token was entered; nothing was stored", EXIT_USAGE) from None
@@ -597,7 +601,8 @@ async def _login(mgr: AsyncTokenManager, args: argparse.Namespace) -> int:
         if not args.no_browser:
             webbrowser.open(url)
         print("redirected URL: ", end="", file=sys.stderr, flush=True)
-        pasted = await asyncio.to_thread(sys.stdin.readline)
+        with interruptible():  # a read in a thread would outlive Ctrl-C, until Enter
+            pasted = sys.stdin.readline()
         code = _code_from_redirect(pasted.strip(), state)
     else:
         from ._cli_login import LoopbackReceiver
@@ -630,16 +635,17 @@ def _code_from_redirect(url: str, state: str) -> str:
 
 
 def _code_from_query(query: dict[str, list[str]], state: str) -> str:
-    if "error" in query:
-        error = query["error"][0]
-        description = query.get("error_description", [""])[0]
-        raise CliError(f"authorization was refused: {error} {redact(description)}".strip())
+    # The state first: an error= of another login (or a forged one) is not this one's answer.
     got_state = query.get("state", [""])[0]
     if not secrets.compare_digest(got_state.encode(), state.encode()):
         raise CliError(
             "state mismatch: the redirect did not come from this login attempt "
             "(possible CSRF); nothing was stored"
         )
+    if "error" in query:
+        error = query["error"][0]
+        description = query.get("error_description", [""])[0]
+        raise CliError(f"authorization was refused: {error} {redact(description)}".strip())
     code = query.get("code", [""])[0]
     if not code:
         raise CliError("the redirect carried no authorization code")

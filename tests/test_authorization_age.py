@@ -83,6 +83,7 @@ def store_maker(request: pytest.FixtureRequest, tmp_path: Path) -> StoreMaker:
         from aioamztoken import KeyringTokenStore
 
         request.getfixturevalue("keyring_backend")
+        # A plaintext test backend: KeyringTokenStore refuses it unless opted in (issue 12).
         return lambda: KeyringTokenStore(
             "aioamztoken-age-test", lock_dir=tmp_path / "locks", allow_insecure_backend=True
         )

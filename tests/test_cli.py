@@ -497,7 +497,7 @@ async def test_the_loopback_receiver_takes_one_redirect_on_its_path_only() -> No
     ("query", "message"),
     [
         (
-            {"error": ["access_denied"], "error_description": ["user said no"]},
+            {"error": ["access_denied"], "error_description": ["user said no"], "state": ["s"]},
             "refused: access_denied",
         ),
         ({"state": ["s"]}, "no authorization code"),

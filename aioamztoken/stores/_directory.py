@@ -20,6 +20,7 @@ from ._fs import (
     run_sync,
 )
 from ._locks import LockFiles
+from ._trust import check_store_dir
 
 __all__ = ["DirectoryTokenStore"]
 
@@ -144,6 +145,7 @@ class DirectoryTokenStore:
     def _write(self, account_id: str, token: Token, path: Path) -> None:
         self._read(account_id, path)  # raises rather than replace what it cannot read
         ensure_dir(self._dir)
+        check_store_dir(self._dir)  # never write tokens into another user's directory
         atomic_write(path, encode_account(account_id, token), self.max_file_size)
 
     def _remove(self, account_id: str, path: Path) -> None:

@@ -253,7 +253,10 @@ def _insecurity(backend: KeyringBackend) -> str | None:
     if isinstance(backend, keyring.backends.fail.Keyring):
         return "it is keyring's fail backend (no usable keyring was found)"
     kind = type(backend)
-    if kind.__module__.startswith("keyrings.alt") and "plaintext" in kind.__name__.lower():
+    if any(  # a subclass elsewhere (with a higher priority, say) keeps the plain file
+        c.__module__.startswith("keyrings.alt") and "plaintext" in c.__name__.lower()
+        for c in kind.__mro__
+    ):
         return "it keeps secrets in a plain file anyone who can read the file can read"
     if isinstance(backend, keyring.backends.chainer.ChainerBackend):
         for chained in backend.backends:

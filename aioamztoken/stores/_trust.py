@@ -21,6 +21,7 @@ __all__ = [
     "announce_too_open",
     "check_lock_dir",
     "check_owned",
+    "check_store_dir",
     "needs_tightening",
     "open_lock_fd",
 ]
@@ -89,6 +90,20 @@ def check_lock_dir(path: Path) -> None:
         ) from None
     if stat.S_ISLNK(info.st_mode):
         raise _refuse(path, "is a symlink where a lock directory was expected")
+    _check_uid(info, path)
+
+
+def check_store_dir(path: Path) -> None:
+    """Raise StorageError if the store directory ``path`` (a symlink to it is fine) is
+    another user's: tokens written there would be in a directory someone else controls."""
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise StorageError(
+            f"cannot inspect the directory {path}: {exc.strerror}", location=str(path)
+        ) from None
     _check_uid(info, path)
 
 
