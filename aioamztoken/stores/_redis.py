@@ -64,6 +64,13 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
 end
 return 0
 """
+# Take lock KEYS[1] for ARGV[1] (PX ARGV[2]), or find it already ours: redis-py re-sends a
+# command that timed out, and the first SET may have landed before the second arrived.
+_TAKE_SCRIPT = """
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end
+if redis.call('GET', KEYS[1]) == ARGV[1] then return 1 end
+return 0
+"""
 _RENEW_SCRIPT = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
     return redis.call('PEXPIRE', KEYS[1], ARGV[2])
@@ -140,14 +147,16 @@ class RedisTokenStore:
 
     **Lock.** ``lock(account_id)`` is a lock shared by everyone using the same Redis and
     namespace: ``SET NX PX`` with a random token, released only by its holder (a Lua
-    compare-and-delete). While held it is renewed every ``lock_ttl / 3`` seconds, so a
-    long refresh keeps it; if the holder dies, the lock frees itself within ``lock_ttl``
-    seconds (default 60: longer than a refresh takes with the manager's default retry
-    budget of 30 s plus one 10 s request, so it holds even if renewals fail). Waiters
-    poll with jittered sleeps of 5 to 50 ms, can be cancelled, and within one process
-    queue locally so that only one of them polls Redis. A holder that finds its lock
-    gone (it stalled for longer than ``lock_ttl``) logs a warning; a lock that cannot be
-    released (Redis unreachable at that moment) is logged and expires by itself.
+    compare-and-delete); a take re-sent after a timeout finds the lock its first attempt may
+    have taken, and holds it rather than wait for it to expire. While held it is renewed
+    every ``lock_ttl / 3`` seconds, so a long refresh keeps it; if the holder dies, the lock
+    frees itself within ``lock_ttl`` seconds (default 60: longer than a refresh takes with
+    the manager's default retry budget of 30 s plus one 10 s request, so it holds even if
+    renewals fail). Waiters poll with jittered sleeps of 5 to 50 ms, can be cancelled, and
+    within one process queue locally so that only one of them polls Redis. A holder that
+    finds its lock gone (it stalled for longer than ``lock_ttl``) logs a warning; a lock
+    that cannot be released (Redis unreachable at that moment) is logged and expires by
+    itself.
 
     **Failures.** Every Redis failure becomes a :class:`~aioamztoken.StorageError` that
     names the URL (never its password). A command gets ``timeout`` seconds (connecting
@@ -218,6 +227,7 @@ class RedisTokenStore:
         self._replace = self._client.register_script(_REPLACE_SCRIPT)
         self._release_script = self._client.register_script(_RELEASE_SCRIPT)
         self._renew_script = self._client.register_script(_RENEW_SCRIPT)
+        self._take_script = self._client.register_script(_TAKE_SCRIPT)
         self._local = KeyedLock()
         self._rng = random.Random()
         self._releases: set[asyncio.Task[None]] = set()
@@ -458,7 +468,7 @@ class RedisTokenStore:
             # has been seen to swallow a cancellation that lands mid-command, which would
             # leave a cancelled waiter polling for ever. Our own await always honours it.
             attempt = asyncio.ensure_future(
-                self._call("take a lock", self._client.set(key, holder, nx=True, px=ttl_ms))
+                self._call("take a lock", self._take_script(keys=[key], args=[holder, ttl_ms]))
             )
             try:
                 taken = await asyncio.shield(attempt)
