@@ -147,16 +147,16 @@ class RedisTokenStore:
 
     **Lock.** ``lock(account_id)`` is a lock shared by everyone using the same Redis and
     namespace: ``SET NX PX`` with a random token, released only by its holder (a Lua
-    compare-and-delete); a take re-sent after a timeout finds the lock its first attempt may
-    have taken, and holds it rather than wait for it to expire. While held it is renewed
-    every ``lock_ttl / 3`` seconds, so a long refresh keeps it; if the holder dies, the lock
-    frees itself within ``lock_ttl`` seconds (default 60: longer than a refresh takes with
-    the manager's default retry budget of 30 s plus one 10 s request, so it holds even if
-    renewals fail). Waiters poll with jittered sleeps of 5 to 50 ms, can be cancelled, and
-    within one process queue locally so that only one of them polls Redis. A holder that
-    finds its lock gone (it stalled for longer than ``lock_ttl``) logs a warning; a lock
-    that cannot be released (Redis unreachable at that moment) is logged and expires by
-    itself.
+    compare-and-delete). While held it is renewed every ``lock_ttl / 3`` seconds, so a
+    long refresh keeps it; if the holder dies, the lock frees itself within ``lock_ttl``
+    seconds (default 60: longer than a refresh takes with the manager's default retry
+    budget of 30 s plus one 10 s request, so it holds even if renewals fail). Waiters
+    poll with jittered sleeps of 5 to 50 ms, can be cancelled, and within one process
+    queue locally so that only one of them polls Redis. A holder that finds its lock
+    gone (it stalled for longer than ``lock_ttl``) logs a warning; a lock that cannot be
+    released (Redis unreachable at that moment) is logged and expires by itself. A take
+    that redis-py re-sent after a timeout finds the lock its first attempt may have taken,
+    and holds it rather than wait for it to expire.
 
     **Failures.** Every Redis failure becomes a :class:`~aioamztoken.StorageError` that
     names the URL (never its password). A command gets ``timeout`` seconds (connecting
