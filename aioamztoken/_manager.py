@@ -516,9 +516,7 @@ class AsyncTokenManager:
         if self._closed:
             raise ManagerClosedError("this AsyncTokenManager is closed; create a new one")
         task = loop.create_task(
-            self._telemetry.refresh(
-                self._run_refresh(account_id, stale, force, reason), account_id, reason
-            ),
+            self._traced_refresh(account_id, stale, force, reason),
             name=f"aioamztoken-refresh:{account_id}",
         )
         self._inflight[account_id] = task
@@ -526,6 +524,15 @@ class AsyncTokenManager:
             self._forced.add(account_id)
         task.add_done_callback(lambda t: self._refresh_done(account_id, t))
         return task
+
+    async def _traced_refresh(
+        self, account_id: str, stale: str | None, force: bool, reason: Reason
+    ) -> Token:
+        # The refresh coroutine is made here, in its task: a task cancelled before it ran
+        # (aclose just after a timer fired) then leaves none behind that was never awaited.
+        return await self._telemetry.refresh(
+            self._run_refresh(account_id, stale, force, reason), account_id, reason
+        )
 
     def _refresh_done(self, account_id: str, task: asyncio.Task[Token]) -> None:
         if self._inflight.get(account_id) is task:

@@ -772,7 +772,7 @@ async def test_close_answers_requests_held_by_latency_at_once(
     started = time.monotonic()
     await emulator.close()
     status, body = await pending
-    assert time.monotonic() - started < 0.5
+    assert time.monotonic() - started < 5  # not the 30 s of latency
     assert (status, body["error"]) == (503, "temporarily_unavailable")
     assert emulator.refresh_grants == 0
 

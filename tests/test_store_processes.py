@@ -139,8 +139,8 @@ async def test_a_lock_held_by_a_killed_process_is_free_at_once(kind: str, tmp_pa
         proc.send_signal(signal.SIGKILL)
         assert await proc.wait() == -signal.SIGKILL
     start = time.monotonic()
-    await asyncio.wait_for(enter_and_leave(store, "a"), 2)
-    assert time.monotonic() - start < 0.5
+    await asyncio.wait_for(enter_and_leave(store, "a"), 10)
+    assert time.monotonic() - start < 2  # freed by the kernel, not by a stale-lock timeout
 
 
 # ------------------------------------------------------------------------------ crash safety

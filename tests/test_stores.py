@@ -8,7 +8,6 @@ import json
 import math
 import os
 import stat
-import statistics
 import tempfile
 import threading
 import time
@@ -757,13 +756,13 @@ async def test_a_file_store_of_10000_accounts_loads_saves_and_deletes(tmp_path: 
     assert len(await store.accounts()) == 10_000
 
 
-async def _median_save_seconds(store: DirectoryTokenStore, rounds: int = 40) -> float:
-    times = []
-    for n in range(rounds):
+async def _best_save_seconds(store: DirectoryTokenStore, saves: int, first: int) -> float:
+    best = math.inf
+    for n in range(first, first + saves):
         start = time.perf_counter()
         await store.save(f"acct-{n % 5:05}", token(n))
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        best = min(best, time.perf_counter() - start)
+    return best
 
 
 async def test_a_directory_store_save_costs_the_same_with_10_or_10000_accounts(
@@ -775,9 +774,19 @@ async def test_a_directory_store_save_costs_the_same_with_10_or_10000_accounts(
         for n in range(count):
             (directory / f"acct-{n:05}.json").write_bytes(encode_account(f"acct-{n:05}", token(n)))
     small_store, large_store = DirectoryTokenStore(small), DirectoryTokenStore(large)
-    await _median_save_seconds(small_store, 5)  # warm up threads and caches
-    small_cost = await _median_save_seconds(small_store)
-    large_cost = await _median_save_seconds(large_store)
+    for store in (small_store, large_store):  # warm up threads and caches
+        await _best_save_seconds(store, 5, 0)
+    # The best of interleaved rounds (the order alternating) for each: load from other
+    # processes (CPU, and their writes that an fsync must flush too) only ever adds time,
+    # and it hits both sizes alike. The two cost about the same (1.0-1.3x); a save that
+    # lists the directory costs 3.5x or more with 10,000 files here, and one that reads
+    # them 20x or more, so 3x catches an O(n) save and leaves room for noise.
+    costs = [math.inf, math.inf]
+    for number in range(8):
+        for which in (0, 1) if number % 2 == 0 else (1, 0):
+            store = (small_store, large_store)[which]
+            costs[which] = min(costs[which], await _best_save_seconds(store, 5, 10 * number))
+    small_cost, large_cost = costs
     assert large_cost < 3 * small_cost, (small_cost, large_cost)
     assert len(await large_store.accounts()) == 10_000
     assert await large_store.load("acct-09999") == token(9999)

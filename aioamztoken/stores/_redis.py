@@ -166,7 +166,9 @@ class RedisTokenStore:
     poll with jittered sleeps of 5 to 50 ms, can be cancelled, and within one process
     queue locally so that only one of them polls Redis. A holder that finds its lock
     gone (it stalled for longer than ``lock_ttl``) logs a warning; a lock that cannot be
-    released (Redis unreachable at that moment) is logged and expires by itself.
+    released (Redis unreachable at that moment) is logged and expires by itself. A take
+    that redis-py re-sent after a timeout finds the lock its first attempt may have taken,
+    and holds it rather than wait for it to expire.
 
     **Failures.** Every Redis failure becomes a :class:`~aioamztoken.StorageError` that
     names the URL (never its password). A command gets ``timeout`` seconds (connecting
@@ -540,12 +542,10 @@ class RedisTokenStore:
             delay = min(delay * 2, _MAX_POLL)
 
     async def _try_take(self, key: bytes, holder: str, ttl_ms: int) -> bool:
-        if not self._cluster:
-            return bool(
-                await self._call("take a lock", self._client.set(key, holder, nx=True, px=ttl_ms))
-            )
-        # The cluster client retries a SET whose connection broke, and the first may have
-        # set it: SET NX GET answers what was there, so our own holder counts as taken.
+        # redis-py (the cluster client too) re-sends a command that timed out or whose
+        # connection broke, and the first SET may have landed: SET NX GET answers what was
+        # there, so a lock already held by this holder counts as taken (instead of waiting
+        # lock_ttl for our own lock). Needs Redis 7.0; no script, so no EVAL permission.
         before = await self._call(
             "take a lock", self._client.set(key, holder, nx=True, px=ttl_ms, get=True)
         )
