@@ -8,6 +8,7 @@ import hashlib
 import random
 import urllib.parse
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import replace
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -258,6 +259,46 @@ class PostgresTokenStore:
             return sorted(found)
 
         return await self._with(None, "list accounts", names)
+
+    async def mark_needs_reauth(self, account_id: str, refresh_token: str) -> bool:
+        """Flag the stored record of ``account_id`` as needing a new authorization,
+        compare-and-set, only if it still holds ``refresh_token`` (the one Amazon refused).
+
+        Returns whether it holds it (now flagged); ``False`` when absent or holding
+        another refresh token, which is left untouched. Raises StorageError like ``save``.
+        """
+        field = _field(account_id)
+
+        async def mark(db: Any) -> bool:
+            for _ in range(_MAX_ROUNDS):
+                current = await self._select(db, field)
+                if current is None:
+                    return False
+                stored, outdated = self._decode(account_id, current)  # raises if unreadable
+                if stored.refresh_token != refresh_token:
+                    return False
+                if stored.needs_reauth and not outdated:
+                    return True
+                flagged = encode_value(
+                    self._cipher, account_id, replace(stored, needs_reauth=True)
+                )
+                status = await db.execute(
+                    "UPDATE aioamztoken_tokens SET value = $4 "
+                    "WHERE namespace = $1 AND account_id = $2 AND value = $3",
+                    self._ns,
+                    field,
+                    current,
+                    flagged,
+                )
+                if str(status).endswith(" 1"):
+                    return True
+            raise StorageError(
+                f"{self._location(account_id)} kept changing while being marked "
+                f"({_MAX_ROUNDS} attempts); try again",
+                location=self._location(account_id),
+            )
+
+        return await self._with(account_id, "mark", mark)
 
     async def reencrypt(self) -> int:
         """Rewrite under the newest key every value written under an older one.
