@@ -129,3 +129,88 @@ async def test_postgres_mark_never_overwrites_a_refresh_token_saved_meanwhile(
             await other.close()
         assert marked is False
         assert await store.load("a") == token(2)
+
+
+# ------------------------------------------------------------------ contract probes, other data
+
+
+async def test_sqlite_namespaces_in_one_file_and_keys_stay_apart(tmp_path: Path) -> None:
+    path = tmp_path / "deep" / "shared.db"
+    other_key = at.stores.TokenCipher.generate_key()
+    async with (
+        at.SQLiteTokenStore(path, namespace="team-a", key=KEY) as a,
+        at.SQLiteTokenStore(str(path), namespace="team-b") as b,
+    ):
+        await a.save("acct", Token("Atza|secret-access-a", "Atzr|secret-refresh-a", 2e9))
+        await b.save("acct", token(5))
+        assert await b.load("acct") == token(5)
+        assert (await a.load("acct")).refresh_token == "Atzr|secret-refresh-a"  # type: ignore[union-attr]
+        await b.delete("acct")
+        assert await a.accounts() == ["acct"]
+        assert await b.accounts() == []
+    on_disk = b"".join(p.read_bytes() for p in path.parent.iterdir() if p.is_file())
+    assert b"secret-refresh-a" not in on_disk
+    assert b"secret-access-a" not in on_disk
+    async with at.SQLiteTokenStore(path, namespace="team-a", key=other_key) as wrong:
+        with pytest.raises(at.DecryptionError) as caught:
+            await wrong.load("acct")
+        assert "secret" not in str(caught.value)
+    via_url = at.open_store(f"sqlite://{path}?namespace=team-a")
+    async with via_url:
+        with pytest.raises(at.StorageError):  # encrypted, and this store has no key
+            await via_url.load("acct")
+
+
+@pytest.mark.postgres
+async def test_postgres_scheme_pool_passed_in_and_wrong_password_chain(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    asyncpg = pytest.importorskip("asyncpg")
+    server = request.getfixturevalue("postgres_server")
+    make_engine(request, "postgres", tmp_path)  # the table dropped: the store creates it
+    dsn = server.dsn.replace("postgresql://", "postgres://", 1)
+    store = at.open_store(f"{dsn}?namespace=fleet-x")
+    assert isinstance(store, at.PostgresTokenStore)
+    async with store:
+        await store.save("acct", token(3))
+    pool = await asyncpg.create_pool(server.dsn, min_size=1, max_size=1)
+    try:
+        async with at.PostgresTokenStore(pool=pool, namespace="fleet-x", key=None) as mine:
+            assert await mine.load("acct") == token(3)
+            async with mine.lock("acct"):
+                await mine.save("acct", token(4))
+        assert await pool.fetchval("SELECT 41 + 1") == 42  # left open and usable
+    finally:
+        await pool.close()
+    wrong = server.dsn.replace(server.password, "Wr0ngPassw0rd")
+    async with at.PostgresTokenStore(wrong, namespace="fleet-x") as bad:
+        for attempt in (bad.save("acct", token(9)), bad.mark_needs_reauth("acct", "Atzr|4")):
+            with pytest.raises(at.StorageError) as caught:
+                await attempt
+            seen, chain = caught.value, []
+            while seen is not None:
+                chain.append(f"{seen!r} {seen}")
+                seen = seen.__cause__ or seen.__context__
+            assert "Wr0ngPassw0rd" not in " ".join(chain)
+            assert "127.0.0.1" in str(caught.value)
+
+
+@pytest.mark.redis
+async def test_cluster_and_sentinel_urls_mark_compare_first(request: pytest.FixtureRequest) -> None:
+    cluster = request.getfixturevalue("redis_cluster")
+    cluster.flush()
+    first = cluster.nodes[1]
+    async with at.open_store(f"redis+cluster://127.0.0.1:{first.port}/?namespace=rv") as store:
+        await store.save("acct", token(2))
+        assert await mark_refused(store, "acct", "Atzr|1") is False
+        assert await store.load("acct") == token(2)
+        assert await mark_refused(store, "acct", "Atzr|2") is True
+        assert await store.load("acct") == token(2, flagged=True)
+    sentinel = request.getfixturevalue("redis_sentinel")
+    sentinel.flush()
+    url = f"redis+sentinel://127.0.0.1:1,127.0.0.1:{sentinel.sentinel_port}/{sentinel.SERVICE}"
+    async with at.open_store(f"{url}?namespace=rv") as store:
+        await store.save("acct", token(6))
+        async with store.lock("acct"):
+            assert await mark_refused(store, "acct", "Atzr|6") is True
+        assert await store.load("acct") == token(6, flagged=True)
