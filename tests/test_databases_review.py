@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -19,9 +20,51 @@ from aioamztoken import Token
 from aioamztoken.stores._base import mark_refused
 from aioamztoken.stores._values import encode_value
 
-from .engines import Engine, make_engine
+from .engines import ENGINES, Engine, make_engine
+from .test_stores import (
+    test_a_lock_excludes_a_second_holder_and_not_other_accounts,
+    test_a_lock_is_released_when_its_holder_is_cancelled,
+    test_a_non_string_account_id_is_a_type_error,
+    test_a_saved_token_loads_back_equal,
+    test_an_empty_or_unencodable_account_id_is_a_value_error,
+    test_any_account_id_roundtrips_and_stays_distinct,
+    test_delete_forgets_only_that_account_and_absent_accounts_are_no_error,
+    test_every_store_satisfies_both_protocols,
+    test_save_replaces_the_previous_token,
+    test_saves_can_run_inside_the_lock_of_their_account,
+)
 
 KEY = at.stores.TokenCipher.generate_key()
+
+# The shared store suite of tests/test_stores.py, collected here again with ``store``
+# below: each engine in turn (the engine suite in test_store_engines.py is its own).
+SHARED_SUITE = [
+    test_a_lock_excludes_a_second_holder_and_not_other_accounts,
+    test_a_lock_is_released_when_its_holder_is_cancelled,
+    test_a_non_string_account_id_is_a_type_error,
+    test_a_saved_token_loads_back_equal,
+    test_an_empty_or_unencodable_account_id_is_a_value_error,
+    test_any_account_id_roundtrips_and_stays_distinct,
+    test_delete_forgets_only_that_account_and_absent_accounts_are_no_error,
+    test_every_store_satisfies_both_protocols,
+    test_save_replaces_the_previous_token,
+    test_saves_can_run_inside_the_lock_of_their_account,
+]
+
+
+@pytest.fixture(
+    params=[
+        pytest.param(name, marks=() if mark is None else getattr(pytest.mark, mark))
+        for name, mark in ENGINES.items()
+    ]
+)
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[object]:
+    """Each engine's store in turn (encrypted, so the suite covers values under a key)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("REVIEW_KEY", KEY)
+        opened = make_engine(request, request.param, tmp_path).open("shared", key_env="REVIEW_KEY")
+    async with opened:
+        yield opened
 
 
 def token(n: int, *, flagged: bool = False) -> Token:
