@@ -257,3 +257,19 @@ async def test_cluster_and_sentinel_urls_mark_compare_first(request: pytest.Fixt
         async with store.lock("acct"):
             assert await mark_refused(store, "acct", "Atzr|6") is True
         assert await store.load("acct") == token(6, flagged=True)
+
+
+@pytest.mark.postgres
+async def test_a_dsn_asyncpg_cannot_parse_is_a_storage_error_without_its_password() -> None:
+    pytest.importorskip("asyncpg")
+    store = at.PostgresTokenStore("postgresql://u:S3cretPw@127.0.0.1:notaport/db", timeout=3)
+    for attempt in (store.load("a"), store.accounts()):
+        with pytest.raises(at.StorageError, match="ValueError") as caught:
+            await attempt
+        assert "S3cretPw" not in str(caught.value)
+        assert caught.value.__cause__ is None
+        assert caught.value.__context__ is None
+    with pytest.raises(at.StorageError, match="take a lock"):
+        async with store.lock("a"):
+            pass
+    await store.aclose()

@@ -413,9 +413,16 @@ class PostgresTokenStore:
                     await self._ensure_schema(held.connection)
                     return await work(held.connection)
             pool = await self._get_pool()
-            async with pool.acquire(timeout=self.lock_timeout) as db:
-                await self._ensure_schema(db)
-                return await work(db)
+            connected = False
+            try:
+                async with pool.acquire(timeout=self.lock_timeout) as db:
+                    connected = True
+                    await self._ensure_schema(db)
+                    return await work(db)
+            except ValueError as exc:
+                if connected:
+                    raise
+                failure = self._failure("connect", exc)  # a DSN asyncpg cannot parse
         except AmzTokenError:
             raise
         except self._errors as exc:
@@ -536,6 +543,8 @@ class PostgresTokenStore:
         except AmzTokenError:
             raise
         except self._errors as exc:
+            failure = self._failure(action, exc)
+        except ValueError as exc:  # a DSN asyncpg cannot parse (a port not a number)
             failure = self._failure(action, exc)
         raise failure
 
