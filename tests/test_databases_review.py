@@ -273,3 +273,30 @@ async def test_a_dsn_asyncpg_cannot_parse_is_a_storage_error_without_its_passwor
         async with store.lock("a"):
             pass
     await store.aclose()
+
+
+async def test_a_refused_refresh_token_is_flagged_in_every_engine(engine: Engine) -> None:
+    from aioamztoken.testing import AmazonEmulator
+
+    async with AmazonEmulator() as emulator:
+        async with engine.open("refused") as store:
+            refused = emulator.issue_refresh_token("acct")
+            await store.save("acct", Token("", refused, 0.0))
+            await store.save("other", Token("", emulator.issue_refresh_token("other"), 0.0))
+            emulator.revoke("acct")
+            async with at.AsyncTokenManager(
+                emulator.client_id,
+                emulator.client_secret,
+                store=store,
+                token_url=emulator.token_url,
+            ) as mgr:
+                with pytest.raises(at.InvalidGrantError):
+                    await mgr.get_access_token("acct")
+                assert await mgr.get_access_token("other") == emulator.current_access_token(
+                    "other"
+                )
+        async with engine.open("refused") as later:  # another process's view
+            assert await later.load("acct") == Token("", refused, 0.0, needs_reauth=True)
+            other = await later.load("other")
+            assert other is not None
+            assert not other.needs_reauth
