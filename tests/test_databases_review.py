@@ -300,3 +300,23 @@ async def test_a_refused_refresh_token_is_flagged_in_every_engine(engine: Engine
             other = await later.load("other")
             assert other is not None
             assert not other.needs_reauth
+
+
+@pytest.mark.redis
+async def test_a_cluster_client_passed_in_marks_compare_first(request: pytest.FixtureRequest) -> None:
+    from redis.asyncio.cluster import ClusterNode, RedisCluster
+
+    cluster = request.getfixturevalue("redis_cluster")
+    cluster.flush()
+    client = RedisCluster(startup_nodes=[ClusterNode("127.0.0.1", cluster.nodes[2].port)])
+    try:
+        async with at.RedisTokenStore(client=client, namespace="rv-client") as store:
+            for n in range(12):  # accounts spread over the masters' slots
+                await store.save(f"acct-{n}", token(n))
+            for n in range(12):
+                assert await mark_refused(store, f"acct-{n}", f"Atzr|{n + 1}") is False
+                assert await mark_refused(store, f"acct-{n}", f"Atzr|{n}") is True
+                assert await store.load(f"acct-{n}") == token(n, flagged=True)
+        assert await client.ping()  # a client passed in is left open
+    finally:
+        await client.aclose()
