@@ -8,6 +8,7 @@ import hashlib
 import random
 import urllib.parse
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import replace
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -259,6 +260,46 @@ class PostgresTokenStore:
 
         return await self._with(None, "list accounts", names)
 
+    async def mark_needs_reauth(self, account_id: str, refresh_token: str) -> bool:
+        """Flag the stored record of ``account_id`` as needing a new authorization,
+        compare-and-set, only if it still holds ``refresh_token`` (the one Amazon refused).
+
+        Returns whether it holds it (now flagged); ``False`` when absent or holding
+        another refresh token, which is left untouched. Raises StorageError like ``save``.
+        """
+        field = _field(account_id)
+
+        async def mark(db: Any) -> bool:
+            for _ in range(_MAX_ROUNDS):
+                current = await self._select(db, field)
+                if current is None:
+                    return False
+                stored, outdated = self._decode(account_id, current)  # raises if unreadable
+                if stored.refresh_token != refresh_token:
+                    return False
+                if stored.needs_reauth and not outdated:
+                    return True
+                flagged = encode_value(
+                    self._cipher, account_id, replace(stored, needs_reauth=True)
+                )
+                status = await db.execute(
+                    "UPDATE aioamztoken_tokens SET value = $4 "
+                    "WHERE namespace = $1 AND account_id = $2 AND value = $3",
+                    self._ns,
+                    field,
+                    current,
+                    flagged,
+                )
+                if str(status).endswith(" 1"):
+                    return True
+            raise StorageError(
+                f"{self._location(account_id)} kept changing while being marked "
+                f"({_MAX_ROUNDS} attempts); try again",
+                location=self._location(account_id),
+            )
+
+        return await self._with(account_id, "mark", mark)
+
     async def reencrypt(self) -> int:
         """Rewrite under the newest key every value written under an older one.
 
@@ -372,9 +413,16 @@ class PostgresTokenStore:
                     await self._ensure_schema(held.connection)
                     return await work(held.connection)
             pool = await self._get_pool()
-            async with pool.acquire(timeout=self.lock_timeout) as db:
-                await self._ensure_schema(db)
-                return await work(db)
+            connected = False
+            try:
+                async with pool.acquire(timeout=self.lock_timeout) as db:
+                    connected = True
+                    await self._ensure_schema(db)
+                    return await work(db)
+            except ValueError as exc:
+                if connected:
+                    raise
+                failure = self._failure("connect", exc)  # a DSN asyncpg cannot parse
         except AmzTokenError:
             raise
         except self._errors as exc:
@@ -495,6 +543,8 @@ class PostgresTokenStore:
         except AmzTokenError:
             raise
         except self._errors as exc:
+            failure = self._failure(action, exc)
+        except ValueError as exc:  # a DSN asyncpg cannot parse (a port not a number)
             failure = self._failure(action, exc)
         raise failure
 

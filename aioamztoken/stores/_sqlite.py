@@ -8,6 +8,7 @@ import os
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 from types import TracebackType
 from typing import TypeVar
@@ -197,6 +198,30 @@ class SQLiteTokenStore:
             return sorted(found)
 
         return await self._run("list accounts", names, create=False, default=[])
+
+    async def mark_needs_reauth(self, account_id: str, refresh_token: str) -> bool:
+        """Flag the stored record of ``account_id`` as needing a new authorization, in one
+        transaction, only if it still holds ``refresh_token`` (the one Amazon refused).
+
+        Returns whether it holds it (now flagged); ``False`` when absent or holding
+        another refresh token, which is left untouched. Raises StorageError like ``save``.
+        """
+        field = _field(account_id)
+
+        def mark(db: sqlite3.Connection) -> bool:
+            with _transaction(db):
+                current = self._select(db, field)
+                if current is None:
+                    return False
+                stored, outdated = self._decode(account_id, current)
+                if stored.refresh_token != refresh_token:
+                    return False
+                if not stored.needs_reauth or outdated:
+                    flagged = replace(stored, needs_reauth=True)
+                    self._upsert(db, field, encode_value(self._cipher, account_id, flagged))
+                return True
+
+        return await self._run("mark", mark, create=False, default=False)
 
     async def reencrypt(self) -> int:
         """Rewrite under the newest key every value written under an older one.
