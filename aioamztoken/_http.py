@@ -13,7 +13,13 @@ from backoff.types import Details
 
 from ._errors import ManagerClosedError, TokenEndpointError, TokenRefreshError
 from ._logging import http_logger
-from ._lwa import TOKEN_REQUEST_HEADERS, TokenRequest, parse_retry_after, parse_token_response
+from ._lwa import (
+    MAX_BODY_BYTES,
+    TOKEN_REQUEST_HEADERS,
+    TokenRequest,
+    parse_retry_after,
+    parse_token_response,
+)
 from ._models import Token
 
 __all__ = ["RetryPolicy", "TokenEndpoint"]
@@ -25,7 +31,8 @@ class RetryPolicy:
     Exponential backoff with full jitter (``base * 2**n``, capped at ``cap`` seconds),
     at most ``max_tries`` attempts within ``max_time`` seconds. A ``Retry-After`` header
     on a 429 or 5xx answer replaces the computed wait. Only transient failures retry:
-    5xx, 429, timeouts, connection errors and unreadable 200s.
+    5xx, 408, 429, timeouts and connection errors. An unusable 200 is never retried: the
+    server may have acted on the request (spent a code, rotated a refresh token).
     """
 
     __slots__ = ("base", "cap", "max_time", "max_tries", "request_timeout")
@@ -93,6 +100,10 @@ class TokenEndpoint:
         self.policy = policy
         self.in_flight = 0
         self.closed = False
+        # Set when the manager starts closing: no attempt starts and no retry is made
+        # after it, but requests already sent (the tasks in ``sending``) may finish.
+        self.closing = False
+        self.sending: set[asyncio.Task[Any]] = set()
         self._not_before = 0.0  # monotonic time before which no request is sent (429)
 
     def _session(self) -> aiohttp.ClientSession:
@@ -146,6 +157,8 @@ class TokenEndpoint:
             )
 
         def give_up(exc: Exception) -> bool:
+            if self.closing or not _retryable(getattr(exc, "status", None)):
+                return True
             # Retrying before the server allows helps no one: stop if it asks for more
             # time than the budget has left.
             retry_after = getattr(exc, "retry_after", None)
@@ -218,7 +231,12 @@ class TokenEndpoint:
     ) -> Token:
         if self._slots is None:
             self._slots = asyncio.Semaphore(self._max_concurrent)
+        if self.closing:
+            raise ManagerClosedError("the token manager is closing; no new token request is sent")
         await self._wait_for_a_slot(deadline)
+        if self.closing:
+            self._slots.release()
+            raise ManagerClosedError("the token manager is closing; no new token request is sent")
         try:
             timeout = min(self.policy.request_timeout, deadline - time.monotonic())
             if timeout <= 0:
@@ -228,6 +246,9 @@ class TokenEndpoint:
             self.in_flight += 1
             started = time.monotonic()
             sent_at = time.time()
+            task = asyncio.current_task()
+            if task is not None:
+                self.sending.add(task)
             try:
                 async with self._session().post(
                     request.url,
@@ -238,7 +259,7 @@ class TokenEndpoint:
                     raise_for_status=False,
                     middlewares=(),
                 ) as response:
-                    body = await response.read()
+                    body = await _read_capped(response)
                     status = response.status
                     content_type = response.headers.get("Content-Type")
                     retry_after = response.headers.get("Retry-After")
@@ -271,6 +292,8 @@ class TokenEndpoint:
                 ) from exc
             finally:
                 self.in_flight -= 1
+                if task is not None:
+                    self.sending.discard(task)
         finally:
             self._slots.release()
         if status == 429:
@@ -293,3 +316,28 @@ class TokenEndpoint:
             retry_after=retry_after,
             previous_refresh_token=previous_refresh_token,
         )
+
+
+def _retryable(status: int | None) -> bool:
+    """Whether a :class:`TokenEndpointError` with this status is worth another attempt:
+    no answer, 408, 429 or 5xx. Anything else (an unusable 200, a garbled 4xx) was
+    answered by a server that may have acted on it, and would answer the same again."""
+    return status is None or status in (408, 429) or status >= 500
+
+
+async def _read_capped(response: aiohttp.ClientResponse) -> bytes:
+    """The body, or :class:`TokenEndpointError` once it passes ``MAX_BODY_BYTES``: never
+    more than that (and one chunk) is held in memory."""
+    length = response.content_length
+    if length is None or length <= MAX_BODY_BYTES:
+        body = bytearray()
+        async for chunk in response.content.iter_chunked(64 * 1024):
+            body += chunk
+            if len(body) > MAX_BODY_BYTES:
+                break
+        else:
+            return bytes(body)
+    raise TokenEndpointError(
+        f"token endpoint answered {response.status} with a body over {MAX_BODY_BYTES} bytes",
+        status=response.status,
+    )

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import inspect
+import itertools
 import random
 import sys
 import time
@@ -24,6 +26,7 @@ from ._errors import (
     ManagerClosedError,
     StorageError,
     TokenEndpointError,
+    TokenRefreshError,
 )
 from ._http import RetryPolicy, TokenEndpoint
 from ._logging import audit_logger, logger
@@ -48,6 +51,17 @@ _NEVER = float("-inf")
 #: While an account needs re-authorization, how often (seconds) the store is read again
 #: in case another process supplied a new refresh token.
 REAUTH_RECHECK_INTERVAL = 30.0
+
+#: The longest pause (seconds) between retries of an account whose refreshes keep failing.
+MAX_FAILURE_BACKOFF = 60.0
+
+#: Seconds beyond ``request_timeout`` that :meth:`AsyncTokenManager.aclose` waits for work
+#: it lets finish (token requests already sent, and their saves) before abandoning it.
+CLOSE_GRACE = 0.5
+
+#: The least time (seconds) a store call gets to save a token the endpoint has issued,
+#: even when the refresh's deadline is closer.
+SAVE_GRACE = 1.0
 
 
 def _fingerprint(secret: str) -> int:
@@ -104,6 +118,12 @@ def _check_token_url(url: str) -> None:
         )
 
 
+def _retrieve(task: asyncio.Task[Any]) -> None:
+    """Read a finished task's outcome, so that asyncio never reports it as unretrieved."""
+    if not task.cancelled():
+        task.exception()
+
+
 def _being_cancelled() -> bool:
     """True when the current task has been asked to stop (Python 3.11+; else False)."""
     task = asyncio.current_task()
@@ -120,10 +140,13 @@ class _Entry:
     __slots__ = (
         "access_token",
         "due_at",
+        "failures",
         "fresh_until",
         "last_error",
         "needs_reauth",
         "recheck_at",
+        "refusal",
+        "refused_until",
         "rejected",
         "timer",
         "token",
@@ -143,6 +166,11 @@ class _Entry:
         # when to look in the store again for a new one (another process may have added it).
         self.rejected = 0
         self.recheck_at = _NEVER
+        # Refreshes failed in a row (the backoff grows with it), and the last refusal of
+        # the endpoint, raised at once to callers until ``refused_until``.
+        self.failures = 0
+        self.refusal: TokenRefreshError | None = None
+        self.refused_until = _NEVER
 
 
 class AsyncTokenManager:
@@ -174,6 +202,16 @@ class AsyncTokenManager:
     session and closes it in :meth:`aclose`. Hooks may be plain functions or coroutine
     functions; they run after the token is saved and cached, before waiting callers
     resume, so keep them quick; one that raises is logged and ignored.
+
+    Every wait is bounded. Store calls (``load``, ``save``, ``lock``) made for a refresh
+    end with :class:`StorageError` at the refresh's deadline (``retry_budget``); at most
+    ``2 * max_concurrent_refreshes`` refreshes hold a store lock at once, the others
+    queue before taking one, so a cold fleet of any size holds a bounded number of
+    lock files open. A failing account backs off exponentially (from
+    ``min_refresh_interval`` up to a minute); after a refusal (``invalid_client``,
+    ``invalid_request``...) callers get the same error at once until its backoff ends.
+    ``min_refresh_interval`` (seconds, default 1.0) is also the least time between a
+    token's issue and its background refresh, whatever its ``expires_in``.
     """
 
     def __init__(
@@ -196,11 +234,15 @@ class AsyncTokenManager:
         request_timeout: float = 10.0,
         expiry_margin: float | None = None,
         authorization_base_url: str | None = None,
+        min_refresh_interval: float = 1.0,
     ) -> None:
         if not client_id or not client_secret:
             raise ValueError("client_id and client_secret must be non-empty strings")
         if refresh_buffer < 0:
             raise ValueError("refresh_buffer must not be negative")
+        if not min_refresh_interval >= 0:
+            raise ValueError("min_refresh_interval must not be negative")
+        self.min_refresh_interval = float(min_refresh_interval)
         self.client_id = client_id
         self._client_secret = client_secret
         self.store = store
@@ -234,8 +276,16 @@ class AsyncTokenManager:
         # tokens the endpoint already issued: losing one could lose a rotated refresh token).
         self._cancellable: set[asyncio.Task[Any]] = set()
         self._must_finish: set[asyncio.Task[Any]] = set()
-        # Bumped by add/exchange/remove: a refresh that started before does not install.
+        # Changed by add/exchange/remove: a refresh that started before does not install.
+        # Only accounts with a refresh in flight have an entry (a unique, non-zero value).
         self._generation: dict[str, int] = {}
+        self._generations = itertools.count(1)
+        # Refreshes holding (or taking) a store lock at once: the rest queue before it, so
+        # that a cold fleet does not hold one lock file open per account.
+        self._lock_slots = asyncio.Semaphore(2 * max_concurrent_refreshes)
+        self._task_accounts: dict[asyncio.Task[Any], str] = {}
+        self._close_task: asyncio.Task[None] | None = None
+        self._close_waits_for: set[asyncio.Task[Any]] = set()
         # Tokens the endpoint issued but the store failed to save: kept, and saved first.
         self._unsaved: dict[str, Token] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -271,32 +321,86 @@ class AsyncTokenManager:
     async def aclose(self) -> None:
         """Stop every timer and background refresh, and close the session the manager owns.
 
-        Idempotent. Tokens already saved stay in the store; the in-memory cache is dropped.
+        Token requests already sent are let finish (each within ``request_timeout``) and
+        their tokens saved, so that nothing the endpoint issued is lost; work that has not
+        reached the endpoint is cancelled. Work still unfinished ``request_timeout`` plus
+        about a second later (a store that does not answer) is abandoned, and the accounts
+        concerned are logged by id. The owned session is closed in every case.
+
+        Idempotent: concurrent calls all wait for the one close. Called from a hook of
+        work that the close is waiting for, it returns at once (it cannot wait for
+        itself); the close then completes. Tokens already saved stay in the store; the
+        in-memory cache is dropped.
         """
-        if self._closed:
+        current = asyncio.current_task()
+        if self._close_task is None:
+            self._closed = True
+            self._close_task = asyncio.get_running_loop().create_task(
+                self._close(current), name="aioamztoken-close"
+            )
+            self._close_task.add_done_callback(_retrieve)
+        elif current is not None and current in self._close_waits_for:
             return
+        await asyncio.shield(self._close_task)
+
+    async def _close(self, caller: asyncio.Task[Any] | None) -> None:
         self._closed = True
+        endpoint = self._endpoint
+        endpoint.closing = True
         for entry in self._entries.values():
             if entry.timer is not None:
                 entry.timer.cancel()
                 entry.timer = None
-        self._entries.clear()
-        doomed = [t for t in (*self._inflight.values(), *self._cancellable) if not t.done()]
-        for task in doomed:
-            task.cancel()
-        waiting = [*doomed, *self._must_finish]
-        if waiting:
-            await asyncio.gather(*waiting, return_exceptions=True)
-        self._inflight.clear()
-        self._forced.clear()
-        self._cancellable.clear()
-        self._must_finish.clear()
-        await self._endpoint.aclose()
-        for account_id, token in list(self._unsaved.items()):
+        accounts = {task: account for account, task in self._inflight.items()}
+        accounts.update(self._task_accounts)
+        work = {
+            task
+            for task in (*self._inflight.values(), *self._cancellable, *self._must_finish)
+            if not task.done() and task is not caller
+        }
+        for task in work:
+            # A request already sent may have been acted on (a rotated refresh token, a
+            # spent code): let it finish and its token be saved. The rest stops now.
+            if task not in self._must_finish and task not in endpoint.sending:
+                task.cancel()
+        self._close_waits_for = work
+        try:
+            if work:
+                _, pending = await asyncio.wait(
+                    work, timeout=endpoint.policy.request_timeout + CLOSE_GRACE
+                )
+                if pending:
+                    for task in pending:
+                        task.cancel()
+                    await asyncio.wait(pending, timeout=CLOSE_GRACE / 2)
+                    abandoned = sorted({accounts.get(task, "?") for task in pending})
+                    logger.error(
+                        "closed without waiting any longer for the store or hooks of "
+                        "account(s) %s",
+                        ", ".join(repr(a) for a in abandoned),
+                    )
+            for entry in self._entries.values():
+                if entry.timer is not None:
+                    entry.timer.cancel()
+            self._entries.clear()
+            self._inflight.clear()
+            self._forced.clear()
+            self._cancellable.clear()
+            self._must_finish.clear()
+            self._generation.clear()
+        finally:
+            self._close_waits_for = set()
+            await endpoint.aclose()
+        if self._unsaved:
             # A last chance for tokens the endpoint issued that the store refused earlier.
-            with contextlib.suppress(StorageError):
-                await self._save(account_id, token)
-                del self._unsaved[account_id]
+            deadline = time.monotonic() + CLOSE_GRACE / 2
+            saved = await asyncio.gather(
+                *(self._save(a, t, deadline) for a, t in self._unsaved.items()),
+                return_exceptions=True,
+            )
+            for account_id, outcome in zip(list(self._unsaved), saved, strict=True):
+                if outcome is None:
+                    del self._unsaved[account_id]
         if self._unsaved:
             logger.error(
                 "closed with %d refreshed token(s) the store could not save: %s",
@@ -411,6 +515,7 @@ class AsyncTokenManager:
     ) -> Token:
         task = self._inflight.get(account_id)
         if task is None:
+            self._raise_if_refused(account_id)
             task = self._start(account_id, stale, force=force, reason=reason)
         else:
             self._not_this_task(account_id, task)
@@ -423,6 +528,23 @@ class AsyncTokenManager:
                     "the manager was closed while this call waited for a refresh"
                 ) from None
             raise
+
+    def _raise_if_closing(self, exc: AmzTokenError) -> None:
+        """A request that ``aclose()`` let finish failed transiently: what the caller
+        needs to know is that the manager closed (the cause is chained)."""
+        if self._closed and isinstance(exc, TokenEndpointError):
+            raise ManagerClosedError(
+                "the manager was closed while this call waited for the token endpoint"
+            ) from exc
+
+    def _raise_if_refused(self, account_id: str) -> None:
+        """While a refusal's backoff lasts, callers get it again without a new request."""
+        entry = self._entries.get(account_id)
+        if entry is None or entry.refusal is None or _time() >= entry.refused_until:
+            return
+        error = copy.copy(entry.refusal)
+        error.__traceback__ = None
+        raise error
 
     @staticmethod
     def _not_this_task(account_id: str, task: asyncio.Task[Token]) -> None:
@@ -454,6 +576,8 @@ class AsyncTokenManager:
         if self._inflight.get(account_id) is task:
             del self._inflight[account_id]
             self._forced.discard(account_id)
+            # No refresh of the account is left to compare against this.
+            self._generation.pop(account_id, None)
         if not task.cancelled():
             task.exception()  # retrieved here so an unwatched failure is never reported twice
 
@@ -464,6 +588,7 @@ class AsyncTokenManager:
     ) -> Token:
         started = time.monotonic()
         generation = self._generation.get(account_id, 0)
+        unsaved_before = self._unsaved.get(account_id)
         try:
             token, attempts = await self._obtain(account_id, stale, force, generation)
         except asyncio.CancelledError:
@@ -479,10 +604,14 @@ class AsyncTokenManager:
             raise
         except AmzTokenError as exc:
             unsaved = self._unsaved.get(account_id)
-            if unsaved is not None and generation == self._generation.get(account_id, 0):
-                # The endpoint issued a token the store would not take: serve it from
-                # memory (later callers get it) and save it before the next refresh.
-                self._install(account_id, unsaved)
+            if (
+                unsaved is not None
+                and unsaved is not unsaved_before
+                and generation == self._generation.get(account_id, 0)
+            ):
+                # This refresh got a token the store would not take: serve it from memory
+                # (later callers get it) and save it before the next refresh.
+                self._install(account_id, unsaved).last_error = f"{type(exc).__name__}: {exc}"
                 logger.error(
                     "account %r: refreshed, but the store failed to save the token (%s); "
                     "it is kept in memory and saved before the next refresh",
@@ -490,6 +619,7 @@ class AsyncTokenManager:
                     type(exc).__name__,
                 )
             else:
+                # Whatever failed (the endpoint, the store), the next try waits a while.
                 self._note_failure(account_id, exc)
             self._audit(
                 "refresh",
@@ -500,6 +630,7 @@ class AsyncTokenManager:
                 reason,
             )
             await self._hook("on_refresh_error", self.on_refresh_error, account_id, exc)
+            self._raise_if_closing(exc)
             raise
         if generation != self._generation.get(account_id, 0):
             # add_account, exchange_code or remove_account ran meanwhile: what they did wins.
@@ -532,17 +663,17 @@ class AsyncTokenManager:
                 return stored, 0
         # One budget for waiting on another process's refresh and for our own retries.
         deadline = time.monotonic() + self._endpoint.policy.max_time
-        async with self._store_lock(account_id, deadline):
+        async with self._lock_slot(account_id, deadline), self._store_lock(account_id, deadline):
             unsaved = self._unsaved.get(account_id)
             if unsaved is not None:
                 # Our last token never reached the store: it is the truth; save it first.
                 stored = unsaved
                 with contextlib.suppress(StorageError):
-                    await self._save_to_the_end(account_id, unsaved)
+                    await self._save_to_the_end(account_id, unsaved, deadline)
                     del self._unsaved[account_id]
             else:
                 # Re-read inside the lock: another process may have refreshed meanwhile.
-                loaded = await self._load(account_id)
+                loaded = await self._load(account_id, deadline)
                 if loaded is None:
                     raise AccountNotFoundError(account_id)
                 stored = loaded
@@ -574,31 +705,65 @@ class AsyncTokenManager:
                             await self._save(account_id, replace(stored, needs_reauth=True))
                 raise
             try:
-                await self._save_to_the_end(account_id, token)
+                await self._save_to_the_end(
+                    account_id, token, max(deadline, time.monotonic() + SAVE_GRACE)
+                )
             except StorageError:
                 self._unsaved[account_id] = token
                 raise
             self._unsaved.pop(account_id, None)
         return token, attempts
 
-    async def _save_to_the_end(self, account_id: str, token: Token) -> None:
+    async def _save_to_the_end(
+        self, account_id: str, token: Token, deadline: float | None = None
+    ) -> None:
         """Save a token the endpoint issued, even if the caller is cancelled meanwhile:
-        ``aclose()`` waits for such saves instead of cancelling them."""
-        save = self._track(self._save(account_id, token), must_finish=True)
+        ``aclose()`` waits for such saves instead of cancelling them. The save itself
+        ends at ``deadline`` (default: ``retry_budget`` from now)."""
+        save = self._track(
+            self._save(account_id, token, deadline), must_finish=True, account_id=account_id
+        )
         try:
             await asyncio.shield(save)
         except asyncio.CancelledError:
             await asyncio.wait([save])  # keep holding the lock until the save is done
             raise
 
-    def _track(self, work: Coroutine[Any, Any, _R], *, must_finish: bool) -> asyncio.Task[_R]:
+    def _track(
+        self, work: Coroutine[Any, Any, _R], *, must_finish: bool, account_id: str
+    ) -> asyncio.Task[_R]:
         loop = self._loop
         assert loop is not None
         task = loop.create_task(work)
         tasks = self._must_finish if must_finish else self._cancellable
         tasks.add(task)
+        self._task_accounts[task] = account_id
         task.add_done_callback(tasks.discard)
+        task.add_done_callback(self._untrack)
         return task
+
+    def _untrack(self, task: asyncio.Task[Any]) -> None:
+        self._task_accounts.pop(task, None)
+        _retrieve(task)
+
+    @contextlib.asynccontextmanager
+    async def _lock_slot(self, account_id: str, deadline: float) -> AsyncIterator[None]:
+        """One of the ``2 * max_concurrent_refreshes`` places of refreshes that may hold a
+        store lock: taken before the lock, so that queued refreshes hold no lock file."""
+        try:
+            async with _deadline(deadline):
+                await self._lock_slots.acquire()
+        except asyncio.TimeoutError:
+            raise TokenEndpointError(
+                f"account {account_id!r}: queued behind other refreshes for longer than the "
+                "retry budget",
+                status=None,
+                attempts=0,
+            ) from None
+        try:
+            yield
+        finally:
+            self._lock_slots.release()
 
     def _adoptable(self, stored: Token, stale: str | None) -> bool:
         return stored.access_token != stale and not stored.is_expired(self._pacing(stored)[1])
@@ -620,29 +785,45 @@ class AsyncTokenManager:
         if lock is None:
             yield
             return
-        with self._store_errors(f"take the lock of account {account_id!r}"):
+        if deadline is None:
+            deadline = time.monotonic() + self._endpoint.policy.max_time
+        # Another process may hold the lock for as long as its own refresh takes; or the
+        # store does not answer. Either way the wait ends at the deadline.
+        async with self._store_call(f"take the lock of account {account_id!r}", deadline):
             cm = lock(account_id)
-            try:
-                # In this task, not a helper task: some locks belong to the task that took them.
-                async with _deadline(deadline):
-                    await cm.__aenter__()
-            except asyncio.TimeoutError:
-                raise TokenEndpointError(
-                    f"account {account_id!r}: another process has been refreshing it for "
-                    "longer than the retry budget",
-                    status=None,
-                    attempts=0,
-                ) from None
+            # In this task, not a helper task: some locks belong to the task that took them.
+            await cm.__aenter__()
+        release = f"release the lock of account {account_id!r}"
         try:
             yield
         except BaseException as exc:
-            with self._store_errors(f"release the lock of account {account_id!r}"):
+            async with self._store_call(release, time.monotonic() + SAVE_GRACE):
                 suppressed = await cm.__aexit__(type(exc), exc, exc.__traceback__)
             if not suppressed:
                 raise
         else:
-            with self._store_errors(f"release the lock of account {account_id!r}"):
+            async with self._store_call(release, time.monotonic() + SAVE_GRACE):
                 await cm.__aexit__(None, None, None)
+
+    @contextlib.asynccontextmanager
+    async def _store_call(self, action: str, deadline: float | None) -> AsyncIterator[None]:
+        """A store call, its errors mapped to :class:`StorageError`, ended at ``deadline``
+        (``time.monotonic()``; default ``retry_budget`` from now): a store that never
+        answers (a hung mount, a user-written store) must not hold the caller for ever."""
+        if deadline is None:
+            deadline = time.monotonic() + self._endpoint.policy.max_time
+        with self._store_errors(action):
+            try:
+                async with _deadline(deadline):
+                    yield
+            except asyncio.TimeoutError:
+                if time.monotonic() < deadline:
+                    raise  # the store's own timeout, not ours: _store_errors names it
+                raise StorageError(
+                    f"store did not {action} before the refresh's deadline "
+                    f"(retry_budget={self._endpoint.policy.max_time:g} s)",
+                    location=repr(self.store),
+                ) from None
 
     @contextlib.contextmanager
     def _store_errors(self, action: str) -> Iterator[None]:
@@ -656,12 +837,13 @@ class AsyncTokenManager:
                 f"store failed to {action}: {type(exc).__name__}", location=repr(self.store)
             ) from exc
 
-    async def _load(self, account_id: str) -> Token | None:
-        with self._store_errors(f"load account {account_id!r}"):
+    async def _load(self, account_id: str, deadline: float | None = None) -> Token | None:
+        async with self._store_call(f"load account {account_id!r}", deadline):
             return await self.store.load(account_id)
+        raise AssertionError("unreachable")  # pragma: no cover (for mypy)
 
-    async def _save(self, account_id: str, token: Token) -> None:
-        with self._store_errors(f"save account {account_id!r}"):
+    async def _save(self, account_id: str, token: Token, deadline: float | None = None) -> None:
+        async with self._store_call(f"save account {account_id!r}", deadline):
             await self.store.save(account_id, token)
 
     # ------------------------------------------------------------------ cache and timers
@@ -678,6 +860,9 @@ class AsyncTokenManager:
         entry.access_token = token.access_token
         entry.needs_reauth = False
         entry.last_error = None
+        entry.failures = 0
+        entry.refusal = None
+        entry.refused_until = _NEVER
         buffer, margin = self._pacing(token)
         if not token.access_token:
             entry.fresh_until = entry.due_at = entry.usable_until = _NEVER
@@ -697,7 +882,11 @@ class AsyncTokenManager:
             refresh_at = now + self._rng.uniform(
                 0.0, min(1.0, max(0.0, entry.usable_until - now) / 2)
             )
-        entry.fresh_until = refresh_at
+        if token.issued_at is not None:
+            # However short its expires_in, a token is not renewed in the background sooner
+            # than min_refresh_interval after it was issued.
+            refresh_at = max(refresh_at, token.issued_at + self.min_refresh_interval)
+        entry.fresh_until = min(refresh_at, entry.usable_until)
         self._schedule(account_id, entry, refresh_at - now)
         return entry
 
@@ -719,15 +908,31 @@ class AsyncTokenManager:
         self._start(account_id, entry.token.access_token, force=False, reason="background")
 
     def _note_failure(self, account_id: str, exc: AmzTokenError) -> None:
+        """Record a failed refresh, and back off: the next background try waits longer
+        after each failure in a row; after a refusal of the endpoint, callers get that
+        refusal again at once, without a request, until the backoff ends."""
+        refused = isinstance(exc, TokenRefreshError)
         entry = self._entries.get(account_id)
         if entry is None:
-            return
+            if not refused or self._closed:
+                return
+            entry = self._entries[account_id] = _Entry(Token("", "-", 0.0))
         entry.last_error = f"{type(exc).__name__}: {exc}"
+        entry.failures += 1
+        backoff = min(
+            MAX_FAILURE_BACKOFF, self.min_refresh_interval * 2 ** min(entry.failures - 1, 16)
+        )
         now = _time()
+        if refused:
+            assert isinstance(exc, TokenRefreshError)
+            entry.refusal = exc
+            entry.refused_until = now + backoff
         if now < entry.usable_until:
-            # Still valid: keep serving it, and try again in a while (sooner as expiry nears).
+            # Still valid: keep serving it, and try again in a while (sooner as expiry
+            # nears, but never sooner than the backoff).
             left = entry.usable_until - now
-            delay = max(0.5, min(60.0, left / 3)) * self._rng.uniform(0.5, 1.0)
+            delay = max(0.5, min(60.0, left / 3), backoff) * self._rng.uniform(0.5, 1.0)
+            delay = max(delay, self.min_refresh_interval)
             entry.fresh_until = now + delay
             self._schedule(account_id, entry, delay)
 
@@ -778,17 +983,23 @@ class AsyncTokenManager:
     def _replace(self, account_id: str) -> None:
         """The user changed the account (add, exchange, remove): a refresh that started
         before must not install its result, and nothing older is kept."""
-        self._generation[account_id] = self._generation.get(account_id, 0) + 1
+        if account_id in self._inflight:
+            self._generation[account_id] = next(self._generations)
+        else:  # no refresh to tell: nothing to keep for the account
+            self._generation.pop(account_id, None)
         self._unsaved.pop(account_id, None)
         self._forget(account_id)
 
-    async def _settle(self, account_id: str) -> None:
-        """Wait for an in-flight refresh of ``account_id`` to end, whatever its outcome."""
+    async def _settle(self, account_id: str, *, closing: bool = False) -> None:
+        """Wait for an in-flight refresh of ``account_id`` to end, whatever its outcome.
+
+        Raises :class:`ManagerClosedError` if the manager was closed meanwhile, unless
+        ``closing`` (work that ``aclose()`` lets finish)."""
         task = self._inflight.get(account_id)
         if task is not None:
             self._not_this_task(account_id, task)
             await asyncio.wait([task])
-        if self._closed:
+        if self._closed and not closing:
             raise ManagerClosedError("this AsyncTokenManager was closed meanwhile")
 
     # ------------------------------------------------------------------ hooks and logs
@@ -872,7 +1083,9 @@ class AsyncTokenManager:
         # A task of its own: a caller that gives up (a timeout) after the endpoint answered
         # must not lose the tokens, the code being spent by then.
         task = self._track(
-            self._exchange(account_id, code, redirect_uri, code_verifier), must_finish=False
+            self._exchange(account_id, code, redirect_uri, code_verifier),
+            must_finish=False,
+            account_id=account_id,
         )
         try:
             return await asyncio.shield(task)
@@ -899,7 +1112,8 @@ class AsyncTokenManager:
                 ),
                 account_id=account_id,
             )
-            await self._settle(account_id)
+            # The code is spent: its tokens are saved even if aclose() began meanwhile.
+            await self._settle(account_id, closing=True)
             async with self._store_lock(account_id):
                 await self._save_to_the_end(account_id, token)
             self._replace(account_id)
@@ -912,6 +1126,7 @@ class AsyncTokenManager:
                 getattr(exc, "attempts", None),
                 "authorization_code",
             )
+            self._raise_if_closing(exc)
             raise
         self._install(account_id, token)
         self._audit("code-exchange", account_id, "ok", started, attempts, "authorization_code")
