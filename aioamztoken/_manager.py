@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import copy
 import inspect
 import itertools
@@ -47,6 +48,12 @@ OnReauthRequired = Callable[[str], "Awaitable[None] | None"]
 _R = TypeVar("_R")
 _time = time.time
 _NEVER = float("-inf")
+
+# The refresh or code exchange whose hooks are running in this context (tasks a hook
+# starts, asyncio.wait_for's among them, inherit it): aclose() must not wait for it.
+_current_work: contextvars.ContextVar[asyncio.Task[Any] | None] = contextvars.ContextVar(
+    "aioamztoken_current_work", default=None
+)
 
 #: While an account needs re-authorization, how often (seconds) the store is read again
 #: in case another process supplied a new refresh token.
@@ -332,7 +339,7 @@ class AsyncTokenManager:
         itself); the close then completes. Tokens already saved stay in the store; the
         in-memory cache is dropped.
         """
-        current = asyncio.current_task()
+        current = _current_work.get() or asyncio.current_task()
         if self._close_task is None:
             self._closed = True
             self._close_task = asyncio.get_running_loop().create_task(
@@ -587,6 +594,7 @@ class AsyncTokenManager:
         self, account_id: str, stale: str | None, force: bool, reason: Reason
     ) -> Token:
         started = time.monotonic()
+        _current_work.set(asyncio.current_task())
         generation = self._generation.get(account_id, 0)
         unsaved_before = self._unsaved.get(account_id)
         try:
@@ -1100,6 +1108,7 @@ class AsyncTokenManager:
         self, account_id: str, code: str, redirect_uri: str, code_verifier: str | None
     ) -> Token:
         started = time.monotonic()
+        _current_work.set(asyncio.current_task())
         try:
             token, attempts = await self._endpoint.request(
                 code_request(

@@ -24,6 +24,7 @@ from urllib.parse import parse_qsl, unquote_plus, urlencode
 from aiohttp import hdrs, web
 
 from aioamztoken._lwa import pkce_challenge
+from aioamztoken.testing._faults import TokenAnswerFaults
 
 __all__ = ["AmazonEmulator", "ApiRequestRecord", "DownloadRequestRecord", "TokenRequestRecord"]
 
@@ -172,7 +173,7 @@ class _ApiCall:
 _ApiEndpoint = Callable[[_ApiCall], Awaitable[web.StreamResponse]]
 
 
-class AmazonEmulator:
+class AmazonEmulator(TokenAnswerFaults):
     """Login with Amazon and the Ads API on a loopback port, with knobs for tests.
 
     Options (all keyword-only) and their defaults:
@@ -729,14 +730,17 @@ class AmazonEmulator:
         expires_in: int | float | str = int(lifetime) if lifetime == int(lifetime) else lifetime
         if self.expires_in_as_string:
             expires_in = str(expires_in)
+        payload = {
+            "access_token": access_token,
+            "refresh_token": refresh_token,
+            "token_type": "bearer",
+            "expires_in": expires_in,
+        }
+        spoiled = self._spoiled_answer(payload)  # spoil_next_answers(), in _faults
+        if spoiled is not None:
+            return spoiled
         return web.json_response(
-            {
-                "access_token": access_token,
-                "refresh_token": refresh_token,
-                "token_type": "bearer",
-                "expires_in": expires_in,
-            },
-            headers={hdrs.CACHE_CONTROL: "no-store", hdrs.PRAGMA: "no-cache"},
+            payload, headers={hdrs.CACHE_CONTROL: "no-store", hdrs.PRAGMA: "no-cache"}
         )
 
     # -- consent page ------------------------------------------------------------------
