@@ -481,3 +481,23 @@ def test_the_hung_store_really_hangs_until_released() -> None:
     still, done = asyncio.run(main())
     assert still
     assert done
+
+
+# ---------------------------------------------------------------- dependency floor
+
+
+def test_the_aiohttp_floor_is_the_version_tox_and_ci_test() -> None:
+    import re
+
+    root = Path(__file__).parent.parent
+    pyproject = (root / "pyproject.toml").read_text()
+    (floor,) = re.findall(r'"aiohttp>=([0-9.]+)"', pyproject)
+    # 3.12.0 re-sends unreplayable bodies empty after a 401; 3.12.1 is yanked.
+    assert tuple(int(p) for p in floor.split(".")) >= (3, 12, 2)
+    tox = (root / "tox.ini").read_text()
+    floor_env = tox.split("[testenv:floor]", 1)[1].split("\n[", 1)[0]
+    assert f"aiohttp=={floor}" in floor_env
+    assert "tests/test_middleware.py tests/test_manager.py" in floor_env
+    ci = (root / ".ci" / "run").read_text()
+    assert f"'aiohttp=={floor}'" in ci
+    assert "pytest -q -p no:cacheprovider tests/test_middleware.py tests/test_manager.py" in ci
