@@ -125,7 +125,12 @@ def _check_token_url(url: str) -> None:
         )
 
 
-def _retrieve(task: asyncio.Task[Any]) -> None:
+# Store calls given up on that have not ended yet (they ignored their cancellation): held
+# here so that none is garbage-collected while pending ("Task was destroyed").
+_abandoned: set[asyncio.Future[Any]] = set()
+
+
+def _retrieve(task: asyncio.Future[Any]) -> None:
     """Read a finished task's outcome, so that asyncio never reports it as unretrieved."""
     if not task.cancelled():
         task.exception()
@@ -845,14 +850,51 @@ class AsyncTokenManager:
                 f"store failed to {action}: {type(exc).__name__}", location=repr(self.store)
             ) from exc
 
-    async def _load(self, account_id: str, deadline: float | None = None) -> Token | None:
-        async with self._store_call(f"load account {account_id!r}", deadline):
-            return await self.store.load(account_id)
+    async def _in_store(
+        self, action: str, call: Callable[[], Awaitable[_R]], deadline: float | None
+    ) -> _R:
+        """Run a store's ``load`` or ``save`` until ``deadline`` (default: ``retry_budget``
+        from now), then give up on it with :class:`StorageError`.
+
+        The call runs in a task of its own, waited for with a timeout: a call that
+        ignores cancellation (a thread stuck on a hung mount) is left to end on its own,
+        instead of holding the caller past the deadline.
+        """
+        if deadline is None:
+            deadline = time.monotonic() + self._endpoint.policy.max_time
+        with self._store_errors(action):
+            task = asyncio.ensure_future(call())
+        task.add_done_callback(_retrieve)
+        try:
+            done, _ = await asyncio.wait([task], timeout=max(0.0, deadline - time.monotonic()))
+        except asyncio.CancelledError:
+            task.cancel()
+            if not task.done():
+                _abandoned.add(task)
+                task.add_done_callback(_abandoned.discard)
+            raise
+        if not done:
+            task.cancel()
+            _abandoned.add(task)
+            task.add_done_callback(_abandoned.discard)
+            raise StorageError(
+                f"store did not {action} before the refresh's deadline "
+                f"(retry_budget={self._endpoint.policy.max_time:g} s)",
+                location=repr(self.store),
+            )
+        with self._store_errors(action):
+            return task.result()
         raise AssertionError("unreachable")  # pragma: no cover (for mypy)
 
+    async def _load(self, account_id: str, deadline: float | None = None) -> Token | None:
+        return await self._in_store(
+            f"load account {account_id!r}", lambda: self.store.load(account_id), deadline
+        )
+
     async def _save(self, account_id: str, token: Token, deadline: float | None = None) -> None:
-        async with self._store_call(f"save account {account_id!r}", deadline):
-            await self.store.save(account_id, token)
+        await self._in_store(
+            f"save account {account_id!r}", lambda: self.store.save(account_id, token), deadline
+        )
 
     # ------------------------------------------------------------------ cache and timers
 

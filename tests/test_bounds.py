@@ -128,20 +128,30 @@ class HungStore(at.MemoryTokenStore):
         return Hung()
 
 
-@pytest.mark.parametrize("call", ["load", "save", "lock"])
+@pytest.mark.parametrize(
+    ("call", "deaf"),
+    [("load", False), ("save", False), ("lock", False), ("load", True), ("save", True)],
+    ids=["load", "save", "lock", "load-deaf-to-cancel", "save-deaf-to-cancel"],
+)
 async def test_a_store_call_that_never_returns_gives_storage_error_within_the_budget(
-    emulator: AmazonEmulator, make_manager: ManagerFactory, call: str
+    emulator: AmazonEmulator, make_manager: ManagerFactory, call: str, deaf: bool
 ) -> None:
-    store = HungStore(call)
+    store = HungStore(call, deaf=deaf)
     mgr = make_manager(store=store, retry_budget=2.0)
     await mgr.add_account("acct", emulator.issue_refresh_token("acct"))
     store.hang = store.armed
     started = time.monotonic()
-    with pytest.raises(at.StorageError) as info:
-        await mgr.get_access_token("acct")
-    assert time.monotonic() - started < 2.0 + 1.5
-    assert call in str(info.value)
-    assert store.hung.is_set()
+    try:
+        with pytest.raises(at.StorageError) as info:
+            await mgr.get_access_token("acct")
+        assert time.monotonic() - started < 2.0 + 1.5
+        assert call in str(info.value)
+        assert store.hung.is_set()
+        if call == "load":  # the account has not been spoilt for when the store recovers
+            store.hang = ""
+            assert await mgr.get_access_token("acct") == emulator.current_access_token("acct")
+    finally:
+        store.release.set()
 
 
 @pytest.mark.parametrize("deaf", [False, True], ids=["cancellable", "deaf-to-cancel"])
