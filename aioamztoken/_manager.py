@@ -599,7 +599,6 @@ class AsyncTokenManager:
         self, account_id: str, stale: str | None, force: bool, reason: Reason
     ) -> Token:
         started = time.monotonic()
-        _current_work.set(asyncio.current_task())
         generation = self._generation.get(account_id, 0)
         unsaved_before = self._unsaved.get(account_id)
         try:
@@ -674,9 +673,9 @@ class AsyncTokenManager:
                 raise AccountNotFoundError(account_id)
             if self._adoptable(stored, stale):
                 return stored, 0
-        # One budget for waiting on another process's refresh and for our own retries.
-        deadline = time.monotonic() + self._endpoint.policy.max_time
-        async with self._lock_slot(account_id, deadline), self._store_lock(account_id, deadline):
+        # One budget, from the refresh's turn on: for waiting on another process's refresh
+        # and for our own store calls and retries.
+        async with self._lock_slot() as deadline, self._store_lock(account_id, deadline):
             unsaved = self._unsaved.get(account_id)
             if unsaved is not None:
                 # Our last token never reached the store: it is the truth; save it first.
@@ -760,21 +759,18 @@ class AsyncTokenManager:
         _retrieve(task)
 
     @contextlib.asynccontextmanager
-    async def _lock_slot(self, account_id: str, deadline: float) -> AsyncIterator[None]:
+    async def _lock_slot(self) -> AsyncIterator[float]:
         """One of the ``2 * max_concurrent_refreshes`` places of refreshes that may hold a
-        store lock: taken before the lock, so that queued refreshes hold no lock file."""
+        store lock, taken before the lock (so that queued refreshes hold no lock file);
+        yields the refresh's deadline, ``retry_budget`` from now.
+
+        The queue has no deadline of its own, and needs none: every holder's store calls
+        and token requests end at its deadline, so the queue moves by ``2 *
+        max_concurrent_refreshes`` at least every ``retry_budget`` (and a cold fleet's
+        tail does not fail for having waited its turn)."""
+        await self._lock_slots.acquire()
         try:
-            async with _deadline(deadline):
-                await self._lock_slots.acquire()
-        except asyncio.TimeoutError:
-            raise TokenEndpointError(
-                f"account {account_id!r}: queued behind other refreshes for longer than the "
-                "retry budget",
-                status=None,
-                attempts=0,
-            ) from None
-        try:
-            yield
+            yield time.monotonic() + self._endpoint.policy.max_time
         finally:
             self._lock_slots.release()
 
@@ -1057,6 +1053,9 @@ class AsyncTokenManager:
     async def _hook(self, name: str, hook: Callable[..., Any] | None, *args: Any) -> None:
         if hook is None:
             return
+        # Set for the hook only: a timer made elsewhere in this task must not keep the
+        # task alive through its context.
+        work = _current_work.set(asyncio.current_task())
         try:
             result = hook(*args)
             if inspect.isawaitable(result):
@@ -1067,6 +1066,8 @@ class AsyncTokenManager:
             logger.error(
                 "%s hook raised %s for account %r; ignored", name, type(exc).__name__, args[0]
             )
+        finally:
+            _current_work.reset(work)
 
     @staticmethod
     def _audit(
@@ -1150,7 +1151,6 @@ class AsyncTokenManager:
         self, account_id: str, code: str, redirect_uri: str, code_verifier: str | None
     ) -> Token:
         started = time.monotonic()
-        _current_work.set(asyncio.current_task())
         try:
             token, attempts = await self._endpoint.request(
                 code_request(

@@ -12,6 +12,7 @@ import json
 import os
 import resource
 import sys
+import time
 from pathlib import Path
 
 import aioamztoken as at
@@ -59,7 +60,6 @@ async def main(kind: str, directory: Path, count: int, nofile: int) -> None:
             amazon.client_secret,
             store=store,
             token_url=amazon.token_url,
-            retry_budget=120.0,
         ) as mgr:
             await mgr.get_access_token(ids[0])  # the session and its connector exist
             baseline = open_fds(limit)
@@ -73,9 +73,11 @@ async def main(kind: str, directory: Path, count: int, nofile: int) -> None:
                     await asyncio.sleep(0.005)
 
             sampler = asyncio.create_task(sample())
+            started = time.monotonic()
             results = await asyncio.gather(
                 *(mgr.get_access_token(a) for a in ids[1:]), return_exceptions=True
             )
+            elapsed = time.monotonic() - started
             done = True
             await sampler
             failures = collections.Counter(
@@ -91,6 +93,7 @@ async def main(kind: str, directory: Path, count: int, nofile: int) -> None:
                 "failures": dict(failures.most_common(3)),
                 "failed": sum(failures.values()),
                 "token_requests": amazon.refresh_grants,
+                "seconds": round(elapsed, 1),
             }
         ),
         flush=True,
