@@ -673,6 +673,7 @@ class AsyncTokenManager:
                 raise AccountNotFoundError(account_id)
             if self._adoptable(stored, stale):
                 return stored, 0
+            await self._pace(stored)
         # One budget, from the refresh's turn on: for waiting on another process's refresh
         # and for our own store calls and retries.
         async with self._lock_slot() as deadline, self._store_lock(account_id, deadline):
@@ -773,6 +774,18 @@ class AsyncTokenManager:
             yield time.monotonic() + self._endpoint.policy.max_time
         finally:
             self._lock_slots.release()
+
+    async def _pace(self, token: Token) -> None:
+        """Wait until ``min_refresh_interval`` has passed since ``token`` was issued, if it
+        lived less than that: an endpoint handing out tokens that expire at once (a tiny
+        ``expires_in``) gets at most one request per interval, however eager the callers.
+        Normal tokens live far longer than the interval and never wait here."""
+        lifetime = token.lifetime
+        if token.issued_at is None or lifetime is None or lifetime >= self.min_refresh_interval:
+            return
+        pause = token.issued_at + self.min_refresh_interval - _time()
+        if pause > 0:
+            await asyncio.sleep(min(pause, self.min_refresh_interval))
 
     def _adoptable(self, stored: Token, stale: str | None) -> bool:
         return stored.access_token != stale and not stored.is_expired(self._pacing(stored)[1])
@@ -1209,14 +1222,14 @@ class AsyncTokenManager:
             self._replace(account_id)
             if not known:
                 raise AccountNotFoundError(account_id)
-            with self._store_errors(f"delete account {account_id!r}"):
-                await self.store.delete(account_id)
+            await self._in_store(
+                f"delete account {account_id!r}", lambda: self.store.delete(account_id), None
+            )
         audit_logger.info("remove-account account=%r outcome=ok", account_id)
 
     async def accounts(self) -> list[str]:
         """The account ids in the store, sorted."""
-        with self._store_errors("list accounts"):
-            return sorted(await self.store.accounts())
+        return sorted(await self._in_store("list accounts", self.store.accounts, None))
 
     async def status(self, account_id: str) -> AccountStatus:
         """Where ``account_id`` stands: fresh, due, expired or needs-reauth, with its expiry.

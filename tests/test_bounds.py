@@ -290,6 +290,21 @@ async def test_a_lower_floor_refreshes_a_short_token_more_often(
     assert 5 <= emulator.refresh_grants <= 1 + 10 + 2
 
 
+async def test_eager_callers_of_a_tiny_expires_in_cost_one_request_per_floor(
+    emulator: AmazonEmulator, make_manager: ManagerFactory
+) -> None:
+    emulator.token_lifetime = 0.01
+    mgr = make_manager(min_refresh_interval=1.0, auto_refresh=False)
+    await mgr.add_account("acct", emulator.issue_refresh_token("acct"))
+    served = 0
+    deadline = time.monotonic() + 3.0
+    while time.monotonic() < deadline:
+        assert await mgr.get_access_token("acct")
+        served += 1
+    assert served >= 2
+    assert emulator.refresh_grants <= 1 + 3 + 1  # each caller waits out the floor
+
+
 def test_a_negative_floor_is_refused() -> None:
     with pytest.raises(ValueError, match="min_refresh_interval"):
         at.AsyncTokenManager("id", "secret", store=at.MemoryTokenStore(), min_refresh_interval=-1)
