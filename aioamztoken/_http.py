@@ -100,8 +100,8 @@ class TokenEndpoint:
         self.policy = policy
         self.in_flight = 0
         self.closed = False
-        # Set when the manager starts closing: no attempt starts and no retry is made
-        # after it, but requests already sent (the tasks in ``sending``) may finish.
+        # Set when the manager starts closing: no retry is made after it, and requests
+        # already sent (the tasks in ``sending``) may finish; the manager cancels the rest.
         self.closing = False
         self.sending: set[asyncio.Task[Any]] = set()
         self._not_before = 0.0  # monotonic time before which no request is sent (429)
@@ -231,12 +231,7 @@ class TokenEndpoint:
     ) -> Token:
         if self._slots is None:
             self._slots = asyncio.Semaphore(self._max_concurrent)
-        if self.closing:
-            raise ManagerClosedError("the token manager is closing; no new token request is sent")
         await self._wait_for_a_slot(deadline)
-        if self.closing:
-            self._slots.release()
-            raise ManagerClosedError("the token manager is closing; no new token request is sent")
         try:
             timeout = min(self.policy.request_timeout, deadline - time.monotonic())
             if timeout <= 0:

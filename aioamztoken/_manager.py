@@ -828,12 +828,11 @@ class AsyncTokenManager:
                 await cm.__aexit__(None, None, None)
 
     @contextlib.asynccontextmanager
-    async def _store_call(self, action: str, deadline: float | None) -> AsyncIterator[None]:
-        """A store call, its errors mapped to :class:`StorageError`, ended at ``deadline``
-        (``time.monotonic()``; default ``retry_budget`` from now): a store that never
-        answers (a hung mount, a user-written store) must not hold the caller for ever."""
-        if deadline is None:
-            deadline = time.monotonic() + self._endpoint.policy.max_time
+    async def _store_call(self, action: str, deadline: float) -> AsyncIterator[None]:
+        """A store call made in this task (a lock's enter or exit), its errors mapped to
+        :class:`StorageError`, cancelled at ``deadline`` (``time.monotonic()``): a store
+        that never answers (a hung mount, a user-written store) must not hold the caller
+        for ever."""
         with self._store_errors(action):
             try:
                 async with _deadline(deadline):

@@ -526,3 +526,71 @@ def test_the_aiohttp_floor_is_the_version_tox_and_ci_test() -> None:
     ci = (root / ".ci" / "run").read_text()
     assert f"'aiohttp=={floor}'" in ci
     assert "pytest -q -p no:cacheprovider tests/test_middleware.py tests/test_manager.py" in ci
+
+
+# ---------------------------------------------------------------- the emulator's knob
+
+
+async def test_spoiled_answers_follow_a_real_grant_and_refusals_keep_the_count(
+    emulator: AmazonEmulator, make_manager: ManagerFactory
+) -> None:
+    with pytest.raises(ValueError, match="negative"):
+        emulator.spoil_next_answers(-1)
+    mgr = make_manager()
+    await mgr.add_account("gone", "Atzr|never-issued")
+    await mgr.add_account("acct", emulator.issue_refresh_token("acct"))
+    emulator.spoil_next_answers(1, replace={"expires_in": "soon"})
+    with pytest.raises(at.InvalidGrantError):
+        await mgr.get_access_token("gone")  # a refusal: not spoiled, the count stays
+    with pytest.raises(at.TokenEndpointError, match="expires_in"):
+        await mgr.get_access_token("acct")
+    assert emulator.refresh_grants == 1  # the grant was made all the same
+    assert await mgr.get_access_token("acct") == emulator.current_access_token("acct")
+
+
+# ---------------------------------------------------------------- store errors named
+
+
+class TimingOutLockStore(at.MemoryTokenStore):
+    """A store whose lock times out by itself (its own network timeout)."""
+
+    def lock(self, account_id: str) -> Any:
+        class Failing:
+            async def __aenter__(self) -> None:
+                raise TimeoutError("the lock server did not answer")
+
+            async def __aexit__(self, *exc: object) -> None:
+                return None
+
+        return Failing()
+
+
+async def test_a_store_s_own_timeout_is_named_as_such_not_as_our_deadline(
+    emulator: AmazonEmulator, make_manager: ManagerFactory
+) -> None:
+    mgr = make_manager(store=TimingOutLockStore())
+    await at.MemoryTokenStore.save(
+        mgr.store,  # type: ignore[arg-type]
+        "acct",
+        at.Token("", emulator.issue_refresh_token("acct"), 0.0),
+    )
+    with pytest.raises(at.StorageError, match="TimeoutError") as info:
+        await mgr.get_access_token("acct")
+    assert "deadline" not in str(info.value)
+
+
+async def test_a_caller_cancelled_during_a_deaf_store_call_is_not_held(
+    emulator: AmazonEmulator, make_manager: ManagerFactory
+) -> None:
+    store = HungStore("load", deaf=True)
+    mgr = make_manager(store=store)
+    await mgr.add_account("acct", emulator.issue_refresh_token("acct"))
+    store.hang = "load"
+    try:
+        call = asyncio.ensure_future(mgr.status("other"))
+        await asyncio.wait_for(store.hung.wait(), 5)
+        call.cancel()
+        done, _ = await asyncio.wait([call], timeout=2.0)
+        assert done  # the store call ignores its cancellation; the caller does not wait
+    finally:
+        store.release.set()
