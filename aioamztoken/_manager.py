@@ -34,6 +34,7 @@ from ._logging import audit_logger, logger
 from ._lwa import DEFAULT_SCOPE, authorization_url, code_request, refresh_request
 from ._models import AccountState, AccountStatus, Region, Token
 from .stores._base import validate_account_id
+from .stores._memory import MemoryTokenStore
 
 if TYPE_CHECKING:
     from ._middleware import AdsApiMiddleware
@@ -69,6 +70,10 @@ CLOSE_GRACE = 0.5
 #: The least time (seconds) a store call gets to save a token the endpoint has issued,
 #: even when the refresh's deadline is closer.
 SAVE_GRACE = 1.0
+
+#: How often (seconds) store calls still running are checked against their deadline: a
+#: call that does not answer is given up on at most this long after its deadline.
+STORE_WATCH_INTERVAL = 0.1
 
 
 def _fingerprint(secret: str) -> int:
@@ -217,11 +222,12 @@ class AsyncTokenManager:
 
     Every wait is bounded. Store calls (``load``, ``save``, ``lock``) made for a refresh
     end with :class:`StorageError` at the refresh's deadline (``retry_budget``); at most
-    ``2 * max_concurrent_refreshes`` refreshes hold a store lock at once, the others
-    queue before taking one, so a cold fleet of any size holds a bounded number of
-    lock files open. A failing account backs off exponentially (from
-    ``min_refresh_interval`` up to a minute); after a refusal (``invalid_client``,
-    ``invalid_request``...) callers get the same error at once until its backoff ends.
+    ``2 * max_concurrent_refreshes`` refreshes are at work at once (store reads, store
+    lock, token request), the others queue before touching the store, so a cold fleet of
+    any size holds a bounded number of lock files open. A failing account backs off
+    exponentially (from ``min_refresh_interval`` up to a minute); after a refusal
+    (``invalid_client``, ``invalid_request``...) callers get the same error at once
+    until its backoff ends.
     ``min_refresh_interval`` (seconds, default 1.0) is also the least time between a
     token's issue and its background refresh, whatever its ``expires_in``.
     """
@@ -292,11 +298,17 @@ class AsyncTokenManager:
         # Only accounts with a refresh in flight have an entry (a unique, non-zero value).
         self._generation: dict[str, int] = {}
         self._generations = itertools.count(1)
-        # Refreshes holding (or taking) a store lock at once: the rest queue before it, so
-        # that a cold fleet does not hold one lock file open per account.
-        self._lock_slots = asyncio.Semaphore(2 * max_concurrent_refreshes)
+        # Refreshes at work at once: the rest queue before touching the store, so that a
+        # cold fleet holds neither one lock file per account nor every store thread.
+        self._refresh_slots = asyncio.Semaphore(2 * max_concurrent_refreshes)
         self._task_accounts: dict[asyncio.Task[Any], str] = {}
         self._close_task: asyncio.Task[None] | None = None
+        # Store calls under way and their deadlines, checked by one watchdog timer.
+        self._store_waits: dict[asyncio.Future[None], float] = {}
+        self._watchdog: asyncio.TimerHandle | None = None
+        # The in-memory store's calls are dict operations that cannot hang: they run in
+        # the caller's task, sparing a task per call (subclasses may do anything: not them).
+        self._inline_store = type(store) is MemoryTokenStore
         self._close_waits_for: set[asyncio.Task[Any]] = set()
         # Tokens the endpoint issued but the store failed to save: kept, and saved first.
         self._unsaved: dict[str, Token] = {}
@@ -602,7 +614,8 @@ class AsyncTokenManager:
         generation = self._generation.get(account_id, 0)
         unsaved_before = self._unsaved.get(account_id)
         try:
-            token, attempts = await self._obtain(account_id, stale, force, generation)
+            async with self._refresh_slot():
+                token, attempts = await self._obtain(account_id, stale, force, generation)
         except asyncio.CancelledError:
             raise
         except InvalidGrantError as exc:
@@ -674,9 +687,9 @@ class AsyncTokenManager:
             if self._adoptable(stored, stale):
                 return stored, 0
             await self._pace(stored)
-        # One budget, from the refresh's turn on: for waiting on another process's refresh
-        # and for our own store calls and retries.
-        async with self._lock_slot() as deadline, self._store_lock(account_id, deadline):
+        # One budget for waiting on another process's refresh and for our own retries.
+        deadline = time.monotonic() + self._endpoint.policy.max_time
+        async with self._store_lock(account_id, deadline):
             unsaved = self._unsaved.get(account_id)
             if unsaved is not None:
                 # Our last token never reached the store: it is the truth; save it first.
@@ -760,20 +773,20 @@ class AsyncTokenManager:
         _retrieve(task)
 
     @contextlib.asynccontextmanager
-    async def _lock_slot(self) -> AsyncIterator[float]:
-        """One of the ``2 * max_concurrent_refreshes`` places of refreshes that may hold a
-        store lock, taken before the lock (so that queued refreshes hold no lock file);
-        yields the refresh's deadline, ``retry_budget`` from now.
+    async def _refresh_slot(self) -> AsyncIterator[None]:
+        """One of the ``2 * max_concurrent_refreshes`` places of refreshes at work (store
+        reads, store lock, token request, save): queued refreshes hold no lock file and
+        no thread, whatever the size of a cold fleet. Hooks run after it is left.
 
-        The queue has no deadline of its own, and needs none: every holder's store calls
-        and token requests end at its deadline, so the queue moves by ``2 *
-        max_concurrent_refreshes`` at least every ``retry_budget`` (and a cold fleet's
-        tail does not fail for having waited its turn)."""
-        await self._lock_slots.acquire()
+        Budgets start once a place is taken, so a cold fleet's tail does not fail for
+        having waited its turn. The queue has no deadline of its own and needs none:
+        every holder's store calls and token requests end at their deadlines, so it
+        moves by ``2 * max_concurrent_refreshes`` at least every ``retry_budget``."""
+        await self._refresh_slots.acquire()
         try:
-            yield time.monotonic() + self._endpoint.policy.max_time
+            yield
         finally:
-            self._lock_slots.release()
+            self._refresh_slots.release()
 
     async def _pace(self, token: Token) -> None:
         """Wait until ``min_refresh_interval`` has passed since ``token`` was issued, if it
@@ -868,23 +881,41 @@ class AsyncTokenManager:
         ignores cancellation (a thread stuck on a hung mount) is left to end on its own,
         instead of holding the caller past the deadline.
         """
+        if self._inline_store:
+            with self._store_errors(action):
+                return await call()
         if deadline is None:
             deadline = time.monotonic() + self._endpoint.policy.max_time
         with self._store_errors(action):
             task = asyncio.ensure_future(call())
-        task.add_done_callback(_retrieve)
+        # asyncio.wait(timeout=...) without a timer per call: with 10,000 refresh timers
+        # scheduled, each timer costs a heap push; one watchdog serves every call.
+        woken = asyncio.get_running_loop().create_future()
+
+        def wake(_: object = None) -> None:
+            if not woken.done():
+                woken.set_result(None)
+
+        task.add_done_callback(wake)
+        self._store_waits[woken] = deadline
+        if self._watchdog is None:
+            self._watchdog = asyncio.get_running_loop().call_later(
+                STORE_WATCH_INTERVAL, self._watch_store_calls
+            )
         try:
-            done, _ = await asyncio.wait([task], timeout=max(0.0, deadline - time.monotonic()))
+            await woken
         except asyncio.CancelledError:
             task.cancel()
-            if not task.done():
+            raise
+        finally:
+            del self._store_waits[woken]
+            task.remove_done_callback(wake)
+            if not task.done():  # given up on: kept referenced until it ends by itself
                 _abandoned.add(task)
                 task.add_done_callback(_abandoned.discard)
-            raise
-        if not done:
+            task.add_done_callback(_retrieve)
+        if not task.done():
             task.cancel()
-            _abandoned.add(task)
-            task.add_done_callback(_abandoned.discard)
             raise StorageError(
                 f"store did not {action} before the refresh's deadline "
                 f"(retry_budget={self._endpoint.policy.max_time:g} s)",
@@ -893,6 +924,18 @@ class AsyncTokenManager:
         with self._store_errors(action):
             return task.result()
         raise AssertionError("unreachable")  # pragma: no cover (for mypy)
+
+    def _watch_store_calls(self) -> None:
+        """Wake the store calls whose deadline has passed (``_in_store`` gives up on them)."""
+        now = time.monotonic()
+        for woken, deadline in self._store_waits.items():
+            if now >= deadline and not woken.done():
+                woken.set_result(None)
+        self._watchdog = None
+        if self._store_waits:
+            self._watchdog = asyncio.get_running_loop().call_later(
+                STORE_WATCH_INTERVAL, self._watch_store_calls
+            )
 
     async def _load(self, account_id: str, deadline: float | None = None) -> Token | None:
         return await self._in_store(

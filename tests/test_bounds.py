@@ -270,6 +270,7 @@ async def test_a_tiny_expires_in_is_refreshed_in_the_background_about_once_per_f
             at.BlockingTokenManager, emulator.client_id, emulator.client_secret, **options
         )
         assert mgr.manager.min_refresh_interval == 1.0
+        assert mgr.min_refresh_interval == 1.0
         mgr.close()
     async with at.AsyncTokenManager(emulator.client_id, emulator.client_secret, **options) as m:
         await m.add_account("acct", emulator.issue_refresh_token("acct"))
