@@ -206,7 +206,8 @@ class BlockingTokenManager:
     :class:`EventLoopError`, since it would deadlock: a coroutine hook may ``await``
     :attr:`manager` instead.
 
-    ``options`` are those of :class:`AsyncTokenManager`, except ``session``: an aiohttp
+    ``options`` are those of :class:`AsyncTokenManager` (``min_refresh_interval``,
+    default 1.0, ``retry_budget``... among them), except ``session``: an aiohttp
     session belongs to one event loop, so the manager makes its own on its loop. Hooks
     (``on_refresh``...) run on the loop thread. ``call_timeout`` (seconds, default
     ``None``: no limit beyond the manager's own ``retry_budget`` and ``request_timeout``)
@@ -282,6 +283,12 @@ class BlockingTokenManager:
     def closed(self) -> bool:
         """True once :meth:`close` has been called (or the loop thread has ended)."""
         return self._manager.closed or not self._runner.thread.is_alive()
+
+    @property
+    def min_refresh_interval(self) -> float:
+        """The manager's ``min_refresh_interval``: the least seconds between a token's
+        issue and its next refresh when it lives less (default 1.0)."""
+        return self._manager.min_refresh_interval
 
     @property
     def manager(self) -> AsyncTokenManager:

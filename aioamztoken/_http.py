@@ -19,7 +19,7 @@ from ._errors import (
     TokenRefreshError,
 )
 from ._logging import audit_logger, http_logger
-from ._lwa import TokenRequest, parse_retry_after, parse_token_response
+from ._lwa import MAX_BODY_BYTES, TokenRequest, parse_retry_after, parse_token_response
 from ._models import Token
 from ._scrub import scrubbed
 from ._telemetry import NO_TELEMETRY, Telemetry
@@ -103,7 +103,8 @@ class RetryPolicy:
     Exponential backoff with full jitter (``base * 2**n``, capped at ``cap`` seconds),
     at most ``max_tries`` attempts within ``max_time`` seconds. A ``Retry-After`` header
     on a 429 or 5xx answer replaces the computed wait. Only transient failures retry:
-    5xx, 429, timeouts, connection errors and unreadable 200s.
+    5xx, 408, 429, timeouts and connection errors. An unusable 200 is never retried: the
+    server may have acted on the request (spent a code, rotated a refresh token).
     """
 
     __slots__ = ("base", "cap", "max_time", "max_tries", "request_timeout")
@@ -173,6 +174,10 @@ class TokenEndpoint:
         self.secrets = secrets
         self.in_flight = 0
         self.closed = False
+        # Set when the manager starts closing: no retry is made after it, and requests
+        # already sent (the tasks in ``sending``) may finish; the manager cancels the rest.
+        self.closing = False
+        self.sending: set[asyncio.Task[Any]] = set()
         self._not_before = 0.0  # monotonic time before which no request is sent (429)
         self.telemetry: Telemetry = NO_TELEMETRY
 
@@ -328,6 +333,8 @@ class TokenEndpoint:
             )
 
         def give_up(exc: Exception) -> bool:
+            if self.closing or not _retryable(getattr(exc, "status", None)):
+                return True
             # Retrying before the server allows helps no one: stop if it asks for more
             # time than the budget has left.
             retry_after = getattr(exc, "retry_after", None)
@@ -413,6 +420,9 @@ class TokenEndpoint:
             # aiohttp's errors may hold the request (the form has client_secret): they are
             # kept only as a scrubbed cause, raised outside the except block below.
             failure: BaseException | None = None
+            task = asyncio.current_task()
+            if task is not None:
+                self.sending.add(task)
             try:
                 async with self.telemetry.post(self._session(), request.grant_type)(
                     request.url,
@@ -423,7 +433,7 @@ class TokenEndpoint:
                     raise_for_status=False,
                     middlewares=(),
                 ) as response:
-                    body = await response.read()
+                    body = await _read_capped(response)
                     status = response.status
                     content_type = response.headers.get("Content-Type")
                     retry_after = response.headers.get("Retry-After")
@@ -437,6 +447,8 @@ class TokenEndpoint:
                 failure = exc
             finally:
                 self.in_flight -= 1
+                if task is not None:
+                    self.sending.discard(task)
         finally:
             self._slots.release()
         if failure is not None:
@@ -499,3 +511,27 @@ class TokenEndpoint:
             )
         error.__cause__ = scrubbed(exc, request.secrets)
         return error
+
+def _retryable(status: int | None) -> bool:
+    """Whether a :class:`TokenEndpointError` with this status is worth another attempt:
+    no answer, 408, 429 or 5xx. Anything else (an unusable 200, a garbled 4xx) was
+    answered by a server that may have acted on it, and would answer the same again."""
+    return status is None or status in (408, 429) or status >= 500
+
+
+async def _read_capped(response: aiohttp.ClientResponse) -> bytes:
+    """The body, or :class:`TokenEndpointError` once it passes ``MAX_BODY_BYTES``: never
+    more than that (and one chunk) is held in memory."""
+    length = response.content_length
+    if length is None or length <= MAX_BODY_BYTES:
+        body = bytearray()
+        async for chunk in response.content.iter_chunked(64 * 1024):
+            body += chunk
+            if len(body) > MAX_BODY_BYTES:
+                break
+        else:
+            return bytes(body)
+    raise TokenEndpointError(
+        f"token endpoint answered {response.status} with a body over {MAX_BODY_BYTES} bytes",
+        status=response.status,
+    )

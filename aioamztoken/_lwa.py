@@ -46,6 +46,11 @@ __all__ = [
 DEFAULT_SCOPE = "advertising::campaign_management"
 DEFAULT_EXPIRES_IN = 3600.0
 _MAX_DESCRIPTION = 200
+#: The largest token-endpoint body read (bytes): a token answer is a few hundred bytes, so
+#: anything near this is not one, and reading more would only cost memory.
+MAX_BODY_BYTES = 1 << 20
+#: The deepest JSON nesting accepted in a token-endpoint body (a real answer is flat).
+MAX_JSON_DEPTH = 32
 
 
 ClientAuth = Literal["post", "basic"]
@@ -243,11 +248,40 @@ def _clip(text: object, secrets: Iterable[str] = ()) -> str | None:
     return text if len(text) <= _MAX_DESCRIPTION else text[: _MAX_DESCRIPTION - 1] + "…"
 
 
+class _TooDeep(ValueError):
+    pass
+
+
+def _depth(value: Any) -> int:
+    """The nesting depth of decoded JSON, counted without recursion."""
+    deepest, todo = 0, [(value, 1)]
+    while todo:
+        item, depth = todo.pop()
+        if isinstance(item, (dict, list)):
+            deepest = max(deepest, depth)
+            if deepest > MAX_JSON_DEPTH:
+                break
+            todo.extend(
+                (child, depth + 1) for child in (item.values() if isinstance(item, dict) else item)
+            )
+    return deepest
+
+
 def _decode_json(body: bytes) -> Any:
     try:
-        return json.loads(body.decode("utf-8"))
+        data = json.loads(body.decode("utf-8"))
+    except RecursionError:  # the decoder recurses per level: far too deep for a token
+        raise _TooDeep from None
     except (UnicodeDecodeError, ValueError):
         return None
+    if _depth(data) > MAX_JSON_DEPTH:
+        raise _TooDeep
+    return data
+
+
+def _is_header_safe(value: str) -> bool:
+    """True for a non-empty run of visible ASCII: what may follow ``Bearer `` in a header."""
+    return bool(value) and value.isascii() and all("!" <= c <= "~" for c in value)
 
 
 def _describe_body(body: bytes, content_type: str | None) -> str:
@@ -296,8 +330,26 @@ def parse_token_response(
     :class:`TokenRefreshError` for refusals (never worth retrying) and
     :class:`TokenEndpointError` for transient failures (5xx, 429, garbage), whose
     ``retry_after`` is set from the header when the server sent one.
+
+    Inputs are bounded: a body over :data:`MAX_BODY_BYTES`, JSON nested deeper than
+    :data:`MAX_JSON_DEPTH` and an ``access_token`` that is not visible ASCII (whitespace,
+    CR, LF, NUL: it could not go into an ``Authorization`` header) raise
+    :class:`TokenEndpointError`. A 200 that issues no refresh token where none was held
+    before (a code exchange) raises :class:`TokenRefreshError`: the code is spent.
     """
-    data = _decode_json(body)
+    if len(body) > MAX_BODY_BYTES:
+        raise TokenEndpointError(
+            f"token endpoint answered {status} with a body over {MAX_BODY_BYTES} bytes",
+            status=status,
+        )
+    try:
+        data = _decode_json(body)
+    except _TooDeep:
+        raise TokenEndpointError(
+            f"token endpoint answered {status} with JSON nested deeper than {MAX_JSON_DEPTH} "
+            "levels",
+            status=status,
+        ) from None
     if status == 200:
         if not isinstance(data, dict):
             raise TokenEndpointError(
@@ -310,10 +362,19 @@ def parse_token_response(
             raise TokenEndpointError(
                 "token endpoint answered 200 without an access_token", status=status
             )
+        if not _is_header_safe(access):
+            raise TokenEndpointError(
+                "token endpoint answered 200 with an access_token holding whitespace or "
+                "control characters, which no HTTP header can carry",
+                status=status,
+            )
         refresh = data.get("refresh_token") or previous_refresh_token
         if not isinstance(refresh, str) or not refresh:
-            raise TokenEndpointError(
-                "token endpoint answered 200 without a refresh_token", status=status
+            # Only a code exchange holds no refresh token before; its code is spent now.
+            raise TokenRefreshError(
+                "token endpoint answered 200 but issued no refresh token: the authorization "
+                "code is used up, so the account must be authorized again",
+                status=status,
             )
         try:
             lifetime = parse_expires_in(data.get("expires_in"))

@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import copy
 import inspect
+import itertools
 import random
 import sys
 import time
@@ -25,6 +27,7 @@ from ._errors import (
     ManagerClosedError,
     StorageError,
     TokenEndpointError,
+    TokenRefreshError,
 )
 from ._http import ClientSecrets, RetryPolicy, TokenEndpoint
 from ._logging import audit_logger, logger
@@ -42,6 +45,7 @@ from ._scrub import raise_without_context, scrubbed
 from ._telemetry import telemetry_for
 from .stores._base import check_store, mark_refused, validate_account_id
 from .stores._locks import KeyedLock
+from .stores._memory import MemoryTokenStore
 
 if TYPE_CHECKING:
     from ._grantless import GrantlessTokens, GrantlessTokenSource
@@ -61,9 +65,30 @@ _R = TypeVar("_R")
 _time = time.time
 _NEVER = float("-inf")
 
+# The refresh or code exchange whose hooks are running in this context (tasks a hook
+# starts, asyncio.wait_for's among them, inherit it): aclose() must not wait for it.
+_current_work: contextvars.ContextVar[asyncio.Task[Any] | None] = contextvars.ContextVar(
+    "aioamztoken_current_work", default=None
+)
+
 #: While an account needs re-authorization, how often (seconds) the store is read again
 #: in case another process supplied a new refresh token.
 REAUTH_RECHECK_INTERVAL = 30.0
+
+#: The longest pause (seconds) between retries of an account whose refreshes keep failing.
+MAX_FAILURE_BACKOFF = 60.0
+
+#: Seconds beyond ``request_timeout`` that :meth:`AsyncTokenManager.aclose` waits for work
+#: it lets finish (token requests already sent, and their saves) before abandoning it.
+CLOSE_GRACE = 0.5
+
+#: The least time (seconds) a store call gets to save a token the endpoint has issued,
+#: even when the refresh's deadline is closer.
+SAVE_GRACE = 1.0
+
+#: How often (seconds) store calls still running are checked against their deadline: a
+#: call that does not answer is given up on at most this long after its deadline.
+STORE_WATCH_INTERVAL = 0.1
 
 
 def _fingerprint(secret: str) -> int:
@@ -120,6 +145,17 @@ def _check_token_url(url: str) -> None:
         )
 
 
+# Store calls given up on that have not ended yet (they ignored their cancellation): held
+# here so that none is garbage-collected while pending ("Task was destroyed").
+_abandoned: set[asyncio.Future[Any]] = set()
+
+
+def _retrieve(task: asyncio.Future[Any]) -> None:
+    """Read a finished task's outcome, so that asyncio never reports it as unretrieved."""
+    if not task.cancelled():
+        task.exception()
+
+
 def _being_cancelled() -> bool:
     """True when the current task has been asked to stop (Python 3.11+; else False)."""
     task = asyncio.current_task()
@@ -136,10 +172,13 @@ class _Entry:
     __slots__ = (
         "access_token",
         "due_at",
+        "failures",
         "fresh_until",
         "last_error",
         "needs_reauth",
         "recheck_at",
+        "refusal",
+        "refused_until",
         "rejected",
         "timer",
         "token",
@@ -159,6 +198,11 @@ class _Entry:
         # when to look in the store again for a new one (another process may have added it).
         self.rejected = 0
         self.recheck_at = _NEVER
+        # Refreshes failed in a row (the backoff grows with it), and the last refusal of
+        # the endpoint, raised at once to callers until ``refused_until``.
+        self.failures = 0
+        self.refusal: TokenRefreshError | None = None
+        self.refused_until = _NEVER
 
 
 class AsyncTokenManager:
@@ -209,6 +253,17 @@ class AsyncTokenManager:
     (the ``[otel]`` extra; :doc:`/observability`). ``None`` means the global providers
     when ``opentelemetry-api`` is installed, and nothing at all when it is not. The hot
     path never records anything.
+
+    Every wait is bounded. Store calls (``load``, ``save``, ``lock``) made for a refresh
+    end with :class:`StorageError` at the refresh's deadline (``retry_budget``); at most
+    ``2 * max_concurrent_refreshes`` refreshes are at work at once (store reads, store
+    lock, token request), the others queue before touching the store, so a cold fleet of
+    any size holds a bounded number of lock files open. A failing account backs off
+    exponentially (from ``min_refresh_interval`` up to a minute); after a refusal
+    (``invalid_client``, ``invalid_request``...) callers get the same error at once
+    until its backoff ends.
+    ``min_refresh_interval`` (seconds, default 1.0) is also the least time between a
+    token's issue and its background refresh, whatever its ``expires_in``.
     """
 
     def __init__(
@@ -237,6 +292,7 @@ class AsyncTokenManager:
         on_reauth_due: OnReauthDue | None = None,
         meter_provider: Any = None,
         tracer_provider: Any = None,
+        min_refresh_interval: float = 1.0,
     ) -> None:
         if not client_id or not client_secret:
             raise ValueError("client_id and client_secret must be non-empty strings")
@@ -246,6 +302,9 @@ class AsyncTokenManager:
         self.on_reauth_due = on_reauth_due
         if refresh_buffer < 0:
             raise ValueError("refresh_buffer must not be negative")
+        if not min_refresh_interval >= 0:
+            raise ValueError("min_refresh_interval must not be negative")
+        self.min_refresh_interval = float(min_refresh_interval)
         self.client_id = client_id
         self.store = check_store(store)
         self.region = Region.parse(region)
@@ -279,8 +338,22 @@ class AsyncTokenManager:
         # tokens the endpoint already issued: losing one could lose a rotated refresh token).
         self._cancellable: set[asyncio.Task[Any]] = set()
         self._must_finish: set[asyncio.Task[Any]] = set()
-        # Bumped by add/exchange/remove: a refresh that started before does not install.
+        # Changed by add/exchange/remove: a refresh that started before does not install.
+        # Only accounts with a refresh in flight have an entry (a unique, non-zero value).
         self._generation: dict[str, int] = {}
+        self._generations = itertools.count(1)
+        # Refreshes at work at once: the rest queue before touching the store, so that a
+        # cold fleet holds neither one lock file per account nor every store thread.
+        self._refresh_slots = asyncio.Semaphore(2 * max_concurrent_refreshes)
+        self._task_accounts: dict[asyncio.Task[Any], str] = {}
+        self._close_task: asyncio.Task[None] | None = None
+        # Store calls under way and their deadlines, checked by one watchdog timer.
+        self._store_waits: dict[asyncio.Future[None], float] = {}
+        self._watchdog: asyncio.TimerHandle | None = None
+        # The in-memory store's calls are dict operations that cannot hang: they run in
+        # the caller's task, sparing a task per call (subclasses may do anything: not them).
+        self._inline_store = type(store) is MemoryTokenStore
+        self._close_waits_for: set[asyncio.Task[Any]] = set()
         # Tokens the endpoint issued but the store failed to save: kept, and saved first.
         self._unsaved: dict[str, Token] = {}
         self._local_locks = KeyedLock()
@@ -343,35 +416,89 @@ class AsyncTokenManager:
     async def aclose(self) -> None:
         """Stop every timer and background refresh, and close the session the manager owns.
 
-        Idempotent. Tokens already saved stay in the store; the in-memory cache is dropped.
+        Token requests already sent are let finish (each within ``request_timeout``) and
+        their tokens saved, so that nothing the endpoint issued is lost; work that has not
+        reached the endpoint is cancelled. Work still unfinished ``request_timeout`` plus
+        about a second later (a store that does not answer) is abandoned, and the accounts
+        concerned are logged by id. The owned session is closed in every case.
+
+        Idempotent: concurrent calls all wait for the one close. Called from a hook of
+        work that the close is waiting for, it returns at once (it cannot wait for
+        itself); the close then completes. Tokens already saved stay in the store; the
+        in-memory cache is dropped.
         """
-        if self._closed:
+        current = _current_work.get() or asyncio.current_task()
+        if self._close_task is None:
+            self._closed = True
+            self._close_task = asyncio.get_running_loop().create_task(
+                self._close(current), name="aioamztoken-close"
+            )
+            self._close_task.add_done_callback(_retrieve)
+        elif current is not None and current in self._close_waits_for:
             return
+        await asyncio.shield(self._close_task)
+
+    async def _close(self, caller: asyncio.Task[Any] | None) -> None:
         self._closed = True
+        endpoint = self._endpoint
+        endpoint.closing = True
         for entry in self._entries.values():
             if entry.timer is not None:
                 entry.timer.cancel()
                 entry.timer = None
-        self._entries.clear()
         grantless = getattr(self, "_grantless", None)
         if grantless is not None:
             await grantless.aclose()
-        doomed = [t for t in (*self._inflight.values(), *self._cancellable) if not t.done()]
-        for task in doomed:
-            task.cancel()
-        waiting = [*doomed, *self._must_finish]
-        if waiting:
-            await asyncio.gather(*waiting, return_exceptions=True)
-        self._inflight.clear()
-        self._forced.clear()
-        self._cancellable.clear()
-        self._must_finish.clear()
-        await self._endpoint.aclose()
-        for account_id, token in list(self._unsaved.items()):
+        accounts = {task: account for account, task in self._inflight.items()}
+        accounts.update(self._task_accounts)
+        work = {
+            task
+            for task in (*self._inflight.values(), *self._cancellable, *self._must_finish)
+            if not task.done() and task is not caller
+        }
+        for task in work:
+            # A request already sent may have been acted on (a rotated refresh token, a
+            # spent code): let it finish and its token be saved. The rest stops now.
+            if task not in self._must_finish and task not in endpoint.sending:
+                task.cancel()
+        self._close_waits_for = work
+        try:
+            if work:
+                _, pending = await asyncio.wait(
+                    work, timeout=endpoint.policy.request_timeout + CLOSE_GRACE
+                )
+                if pending:
+                    for task in pending:
+                        task.cancel()
+                    await asyncio.wait(pending, timeout=CLOSE_GRACE / 2)
+                    abandoned = sorted({accounts.get(task, "?") for task in pending})
+                    logger.error(
+                        "closed without waiting any longer for the store or hooks of "
+                        "account(s) %s",
+                        ", ".join(repr(a) for a in abandoned),
+                    )
+            for entry in self._entries.values():
+                if entry.timer is not None:
+                    entry.timer.cancel()
+            self._entries.clear()
+            self._inflight.clear()
+            self._forced.clear()
+            self._cancellable.clear()
+            self._must_finish.clear()
+            self._generation.clear()
+        finally:
+            self._close_waits_for = set()
+            await endpoint.aclose()
+        if self._unsaved:
             # A last chance for tokens the endpoint issued that the store refused earlier.
-            with contextlib.suppress(StorageError):
-                await self._save(account_id, token)
-                del self._unsaved[account_id]
+            deadline = time.monotonic() + CLOSE_GRACE / 2
+            saved = await asyncio.gather(
+                *(self._save(a, t, deadline) for a, t in self._unsaved.items()),
+                return_exceptions=True,
+            )
+            for account_id, outcome in zip(list(self._unsaved), saved, strict=True):
+                if outcome is None:
+                    del self._unsaved[account_id]
         if self._unsaved:
             logger.error(
                 "closed with %d refreshed token(s) the store could not save: %s",
@@ -486,6 +613,7 @@ class AsyncTokenManager:
     ) -> Token:
         task = self._inflight.get(account_id)
         if task is None:
+            self._raise_if_refused(account_id)
             task = self._start(account_id, stale, force=force, reason=reason)
         else:
             self._not_this_task(account_id, task)
@@ -498,6 +626,23 @@ class AsyncTokenManager:
                     "the manager was closed while this call waited for a refresh"
                 ) from None
             raise
+
+    def _raise_if_closing(self, exc: AmzTokenError) -> None:
+        """A request that ``aclose()`` let finish failed transiently: what the caller
+        needs to know is that the manager closed (the cause is chained)."""
+        if self._closed and isinstance(exc, TokenEndpointError):
+            raise ManagerClosedError(
+                "the manager was closed while this call waited for the token endpoint"
+            ) from exc
+
+    def _raise_if_refused(self, account_id: str) -> None:
+        """While a refusal's backoff lasts, callers get it again without a new request."""
+        entry = self._entries.get(account_id)
+        if entry is None or entry.refusal is None or _time() >= entry.refused_until:
+            return
+        error = copy.copy(entry.refusal)
+        error.__traceback__ = None
+        raise error
 
     @staticmethod
     def _not_this_task(account_id: str, task: asyncio.Task[Token]) -> None:
@@ -538,6 +683,8 @@ class AsyncTokenManager:
         if self._inflight.get(account_id) is task:
             del self._inflight[account_id]
             self._forced.discard(account_id)
+            # No refresh of the account is left to compare against this.
+            self._generation.pop(account_id, None)
         if not task.cancelled():
             task.exception()  # retrieved here so an unwatched failure is never reported twice
 
@@ -548,8 +695,10 @@ class AsyncTokenManager:
     ) -> Token:
         started = time.monotonic()
         generation = self._generation.get(account_id, 0)
+        unsaved_before = self._unsaved.get(account_id)
         try:
-            token, attempts = await self._obtain(account_id, stale, force, generation)
+            async with self._refresh_slot():
+                token, attempts = await self._obtain(account_id, stale, force, generation)
         except asyncio.CancelledError:
             raise
         except InvalidGrantError as exc:
@@ -563,10 +712,14 @@ class AsyncTokenManager:
             raise
         except AmzTokenError as exc:
             unsaved = self._unsaved.get(account_id)
-            if unsaved is not None and generation == self._generation.get(account_id, 0):
-                # The endpoint issued a token the store would not take: serve it from
-                # memory (later callers get it) and save it before the next refresh.
-                self._install(account_id, unsaved)
+            if (
+                unsaved is not None
+                and unsaved is not unsaved_before
+                and generation == self._generation.get(account_id, 0)
+            ):
+                # This refresh got a token the store would not take: serve it from memory
+                # (later callers get it) and save it before the next refresh.
+                self._install(account_id, unsaved).last_error = f"{type(exc).__name__}: {exc}"
                 logger.error(
                     "account %r: refreshed, but the store failed to save the token (%s); "
                     "it is kept in memory and saved before the next refresh",
@@ -574,6 +727,7 @@ class AsyncTokenManager:
                     type(exc).__name__,
                 )
             else:
+                # Whatever failed (the endpoint, the store), the next try waits a while.
                 self._note_failure(account_id, exc)
             self._audit(
                 "refresh",
@@ -584,6 +738,7 @@ class AsyncTokenManager:
                 reason,
             )
             await self._hook("on_refresh_error", self.on_refresh_error, account_id, exc)
+            self._raise_if_closing(exc)
             raise
         if generation != self._generation.get(account_id, 0):
             # add_account, exchange_code or remove_account ran meanwhile: what they did wins.
@@ -614,6 +769,7 @@ class AsyncTokenManager:
                 raise AccountNotFoundError(account_id)
             if self._adoptable(stored, stale):
                 return stored, 0
+            await self._pace(stored)
         # One budget for waiting on another process's refresh and for our own retries.
         deadline = time.monotonic() + self._endpoint.policy.max_time
         async with self._store_lock(account_id, deadline):
@@ -622,11 +778,11 @@ class AsyncTokenManager:
                 # Our last token never reached the store: it is the truth; save it first.
                 stored = unsaved
                 with contextlib.suppress(StorageError):
-                    await self._save_to_the_end(account_id, unsaved)
+                    await self._save_to_the_end(account_id, unsaved, deadline)
                     del self._unsaved[account_id]
             else:
                 # Re-read inside the lock: another process may have refreshed meanwhile.
-                loaded = await self._load(account_id)
+                loaded = await self._load(account_id, deadline)
                 if loaded is None:
                     raise AccountNotFoundError(account_id)
                 stored = loaded
@@ -664,30 +820,41 @@ class AsyncTokenManager:
                 # remove_account (or add/exchange) ran meanwhile: saving would undo it.
                 return token, attempts
             try:
-                await self._save_to_the_end(account_id, token)
+                await self._save_to_the_end(
+                    account_id, token, max(deadline, time.monotonic() + SAVE_GRACE)
+                )
             except StorageError:
                 self._unsaved[account_id] = token
                 raise
             self._unsaved.pop(account_id, None)
         return token, attempts
 
-    async def _save_to_the_end(self, account_id: str, token: Token) -> None:
+    async def _save_to_the_end(
+        self, account_id: str, token: Token, deadline: float | None = None
+    ) -> None:
         """Save a token the endpoint issued, even if the caller is cancelled meanwhile:
-        ``aclose()`` waits for such saves instead of cancelling them."""
-        save = self._track(self._save(account_id, token), must_finish=True)
+        ``aclose()`` waits for such saves instead of cancelling them. The save itself
+        ends at ``deadline`` (default: ``retry_budget`` from now)."""
+        save = self._track(
+            self._save(account_id, token, deadline), must_finish=True, account_id=account_id
+        )
         try:
             await asyncio.shield(save)
         except asyncio.CancelledError:
             await asyncio.wait([save])  # keep holding the lock until the save is done
             raise
 
-    def _track(self, work: Coroutine[Any, Any, _R], *, must_finish: bool) -> asyncio.Task[_R]:
+    def _track(
+        self, work: Coroutine[Any, Any, _R], *, must_finish: bool, account_id: str
+    ) -> asyncio.Task[_R]:
         loop = self._loop
         assert loop is not None
         task = loop.create_task(work)
         tasks = self._must_finish if must_finish else self._cancellable
         tasks.add(task)
+        self._task_accounts[task] = account_id
         task.add_done_callback(tasks.discard)
+        task.add_done_callback(self._untrack)
         return task
 
     async def _flag_refused(self, account_id: str, refused: Token) -> Token | None:
@@ -720,6 +887,38 @@ class AsyncTokenManager:
             attempts=1,
         )
 
+    def _untrack(self, task: asyncio.Task[Any]) -> None:
+        self._task_accounts.pop(task, None)
+        _retrieve(task)
+
+    @contextlib.asynccontextmanager
+    async def _refresh_slot(self) -> AsyncIterator[None]:
+        """One of the ``2 * max_concurrent_refreshes`` places of refreshes at work (store
+        reads, store lock, token request, save): queued refreshes hold no lock file and
+        no thread, whatever the size of a cold fleet. Hooks run after it is left.
+
+        Budgets start once a place is taken, so a cold fleet's tail does not fail for
+        having waited its turn. The queue has no deadline of its own and needs none:
+        every holder's store calls and token requests end at their deadlines, so it
+        moves by ``2 * max_concurrent_refreshes`` at least every ``retry_budget``."""
+        await self._refresh_slots.acquire()
+        try:
+            yield
+        finally:
+            self._refresh_slots.release()
+
+    async def _pace(self, token: Token) -> None:
+        """Wait until ``min_refresh_interval`` has passed since ``token`` was issued, if it
+        lived less than that: an endpoint handing out tokens that expire at once (a tiny
+        ``expires_in``) gets at most one request per interval, however eager the callers.
+        Normal tokens live far longer than the interval and never wait here."""
+        lifetime = token.lifetime
+        if token.issued_at is None or lifetime is None or lifetime >= self.min_refresh_interval:
+            return
+        pause = token.issued_at + self.min_refresh_interval - _time()
+        if pause > 0:
+            await asyncio.sleep(min(pause, self.min_refresh_interval))
+
     def _adoptable(self, stored: Token, stale: str | None) -> bool:
         return stored.access_token != stale and not stored.is_expired(self._pacing(stored)[1])
 
@@ -739,30 +938,45 @@ class AsyncTokenManager:
         # A store without a lock still gets one within this process, so that a refresh
         # and remove_account (or add_account) of one account never interleave.
         lock = getattr(self.store, "lock", None) or self._local_locks.hold
-        with self._store_errors(f"take the lock of account {account_id!r}"):
+        if deadline is None:
+            deadline = time.monotonic() + self._endpoint.policy.max_time
+        # Another process may hold the lock for as long as its own refresh takes; or the
+        # store does not answer. Either way the wait ends at the deadline.
+        async with self._store_call(f"take the lock of account {account_id!r}", deadline):
             cm = lock(account_id)
-            try:
-                # In this task, not a helper task: some locks belong to the task that took them.
-                async with _deadline(deadline):
-                    with self._telemetry.lock_wait():
-                        await cm.__aenter__()
-            except asyncio.TimeoutError:
-                raise TokenEndpointError(
-                    f"account {account_id!r}: another process has been refreshing it for "
-                    "longer than the retry budget",
-                    status=None,
-                    attempts=0,
-                ) from None
+            # In this task, not a helper task: some locks belong to the task that took them.
+            with self._telemetry.lock_wait():
+                await cm.__aenter__()
+        release = f"release the lock of account {account_id!r}"
         try:
             yield
         except BaseException as exc:
-            with self._store_errors(f"release the lock of account {account_id!r}"):
+            async with self._store_call(release, time.monotonic() + SAVE_GRACE):
                 suppressed = await cm.__aexit__(type(exc), exc, exc.__traceback__)
             if not suppressed:
                 raise
         else:
-            with self._store_errors(f"release the lock of account {account_id!r}"):
+            async with self._store_call(release, time.monotonic() + SAVE_GRACE):
                 await cm.__aexit__(None, None, None)
+
+    @contextlib.asynccontextmanager
+    async def _store_call(self, action: str, deadline: float) -> AsyncIterator[None]:
+        """A store call made in this task (a lock's enter or exit), its errors mapped to
+        :class:`StorageError`, cancelled at ``deadline`` (``time.monotonic()``): a store
+        that never answers (a hung mount, a user-written store) must not hold the caller
+        for ever."""
+        with self._store_errors(action):
+            try:
+                async with _deadline(deadline):
+                    yield
+            except asyncio.TimeoutError:
+                if time.monotonic() < deadline:
+                    raise  # the store's own timeout, not ours: _store_errors names it
+                raise StorageError(
+                    f"store did not {action} before the refresh's deadline "
+                    f"(retry_budget={self._endpoint.policy.max_time:g} s)",
+                    location=repr(self.store),
+                ) from None
 
     @contextlib.contextmanager
     def _store_errors(self, action: str) -> Iterator[None]:
@@ -779,13 +993,81 @@ class AsyncTokenManager:
             error.__cause__ = scrubbed(exc, text=False)
             raise_without_context(error)
 
-    async def _load(self, account_id: str) -> Token | None:
-        with self._store_errors(f"load account {account_id!r}"):
-            return await self.store.load(account_id)
+    async def _in_store(
+        self, action: str, call: Callable[[], Awaitable[_R]], deadline: float | None
+    ) -> _R:
+        """Run a store's ``load`` or ``save`` until ``deadline`` (default: ``retry_budget``
+        from now), then give up on it with :class:`StorageError`.
 
-    async def _save(self, account_id: str, token: Token) -> None:
-        with self._store_errors(f"save account {account_id!r}"):
-            await self.store.save(account_id, token)
+        The call runs in a task of its own, waited for with a timeout: a call that
+        ignores cancellation (a thread stuck on a hung mount) is left to end on its own,
+        instead of holding the caller past the deadline.
+        """
+        if self._inline_store:
+            with self._store_errors(action):
+                return await call()
+        if deadline is None:
+            deadline = time.monotonic() + self._endpoint.policy.max_time
+        with self._store_errors(action):
+            task = asyncio.ensure_future(call())
+        # asyncio.wait(timeout=...) without a timer per call: with 10,000 refresh timers
+        # scheduled, each timer costs a heap push; one watchdog serves every call.
+        woken = asyncio.get_running_loop().create_future()
+
+        def wake(_: object = None) -> None:
+            if not woken.done():
+                woken.set_result(None)
+
+        task.add_done_callback(wake)
+        self._store_waits[woken] = deadline
+        if self._watchdog is None:
+            self._watchdog = asyncio.get_running_loop().call_later(
+                STORE_WATCH_INTERVAL, self._watch_store_calls
+            )
+        try:
+            await woken
+        except asyncio.CancelledError:
+            task.cancel()
+            raise
+        finally:
+            del self._store_waits[woken]
+            task.remove_done_callback(wake)
+            if not task.done():  # given up on: kept referenced until it ends by itself
+                _abandoned.add(task)
+                task.add_done_callback(_abandoned.discard)
+            task.add_done_callback(_retrieve)
+        if not task.done():
+            task.cancel()
+            raise StorageError(
+                f"store did not {action} before the refresh's deadline "
+                f"(retry_budget={self._endpoint.policy.max_time:g} s)",
+                location=repr(self.store),
+            )
+        with self._store_errors(action):
+            return task.result()
+        raise AssertionError("unreachable")  # pragma: no cover (for mypy)
+
+    def _watch_store_calls(self) -> None:
+        """Wake the store calls whose deadline has passed (``_in_store`` gives up on them)."""
+        now = time.monotonic()
+        for woken, deadline in self._store_waits.items():
+            if now >= deadline and not woken.done():
+                woken.set_result(None)
+        self._watchdog = None
+        if self._store_waits:
+            self._watchdog = asyncio.get_running_loop().call_later(
+                STORE_WATCH_INTERVAL, self._watch_store_calls
+            )
+
+    async def _load(self, account_id: str, deadline: float | None = None) -> Token | None:
+        return await self._in_store(
+            f"load account {account_id!r}", lambda: self.store.load(account_id), deadline
+        )
+
+    async def _save(self, account_id: str, token: Token, deadline: float | None = None) -> None:
+        await self._in_store(
+            f"save account {account_id!r}", lambda: self.store.save(account_id, token), deadline
+        )
 
     # ------------------------------------------------------------------ cache and timers
 
@@ -802,6 +1084,9 @@ class AsyncTokenManager:
         entry.access_token = token.access_token
         entry.needs_reauth = False
         entry.last_error = None
+        entry.failures = 0
+        entry.refusal = None
+        entry.refused_until = _NEVER
         buffer, margin = self._pacing(token)
         if not token.access_token:
             entry.fresh_until = entry.due_at = entry.usable_until = _NEVER
@@ -821,7 +1106,11 @@ class AsyncTokenManager:
             refresh_at = now + self._rng.uniform(
                 0.0, min(1.0, max(0.0, entry.usable_until - now) / 2)
             )
-        entry.fresh_until = refresh_at
+        if token.issued_at is not None:
+            # However short its expires_in, a token is not renewed in the background sooner
+            # than min_refresh_interval after it was issued.
+            refresh_at = max(refresh_at, token.issued_at + self.min_refresh_interval)
+        entry.fresh_until = min(refresh_at, entry.usable_until)
         self._schedule(account_id, entry, refresh_at - now)
         return entry
 
@@ -849,15 +1138,31 @@ class AsyncTokenManager:
         self._start(account_id, entry.token.access_token, force=False, reason="background")
 
     def _note_failure(self, account_id: str, exc: AmzTokenError) -> None:
+        """Record a failed refresh, and back off: the next background try waits longer
+        after each failure in a row; after a refusal of the endpoint, callers get that
+        refusal again at once, without a request, until the backoff ends."""
+        refused = isinstance(exc, TokenRefreshError)
         entry = self._entries.get(account_id)
         if entry is None:
-            return
+            if not refused or self._closed:
+                return
+            entry = self._entries[account_id] = _Entry(Token("", "-", 0.0))
         entry.last_error = f"{type(exc).__name__}: {exc}"
+        entry.failures += 1
+        backoff = min(
+            MAX_FAILURE_BACKOFF, self.min_refresh_interval * 2 ** min(entry.failures - 1, 16)
+        )
         now = _time()
+        if refused:
+            assert isinstance(exc, TokenRefreshError)
+            entry.refusal = exc
+            entry.refused_until = now + backoff
         if now < entry.usable_until:
-            # Still valid: keep serving it, and try again in a while (sooner as expiry nears).
+            # Still valid: keep serving it, and try again in a while (sooner as expiry
+            # nears, but never sooner than the backoff).
             left = entry.usable_until - now
-            delay = max(0.5, min(60.0, left / 3)) * self._rng.uniform(0.5, 1.0)
+            delay = max(0.5, min(60.0, left / 3), backoff) * self._rng.uniform(0.5, 1.0)
+            delay = max(delay, self.min_refresh_interval)
             entry.fresh_until = now + delay
             self._schedule(account_id, entry, delay)
 
@@ -908,17 +1213,23 @@ class AsyncTokenManager:
     def _replace(self, account_id: str) -> None:
         """The user changed the account (add, exchange, remove): a refresh that started
         before must not install its result, and nothing older is kept."""
-        self._generation[account_id] = self._generation.get(account_id, 0) + 1
+        if account_id in self._inflight:
+            self._generation[account_id] = next(self._generations)
+        else:  # no refresh to tell: nothing to keep for the account
+            self._generation.pop(account_id, None)
         self._unsaved.pop(account_id, None)
         self._forget(account_id)
 
-    async def _settle(self, account_id: str) -> None:
-        """Wait for an in-flight refresh of ``account_id`` to end, whatever its outcome."""
+    async def _settle(self, account_id: str, *, closing: bool = False) -> None:
+        """Wait for an in-flight refresh of ``account_id`` to end, whatever its outcome.
+
+        Raises :class:`ManagerClosedError` if the manager was closed meanwhile, unless
+        ``closing`` (work that ``aclose()`` lets finish)."""
         task = self._inflight.get(account_id)
         if task is not None:
             self._not_this_task(account_id, task)
             await asyncio.wait([task])
-        if self._closed:
+        if self._closed and not closing:
             raise ManagerClosedError("this AsyncTokenManager was closed meanwhile")
 
     # ------------------------------------------------------------------ hooks and logs
@@ -926,6 +1237,9 @@ class AsyncTokenManager:
     async def _hook(self, name: str, hook: Callable[..., Any] | None, *args: Any) -> None:
         if hook is None:
             return
+        # Set for the hook only: a timer made elsewhere in this task must not keep the
+        # task alive through its context.
+        work = _current_work.set(asyncio.current_task())
         try:
             result = hook(*args)
             if inspect.isawaitable(result):
@@ -936,6 +1250,8 @@ class AsyncTokenManager:
             logger.error(
                 "%s hook raised %s for account %r; ignored", name, type(exc).__name__, args[0]
             )
+        finally:
+            _current_work.reset(work)
 
     @staticmethod
     def _audit(
@@ -1006,6 +1322,7 @@ class AsyncTokenManager:
                 self._exchange(account_id, code, redirect_uri, code_verifier), account_id
             ),
             must_finish=False,
+            account_id=account_id,
         )
         try:
             return await asyncio.shield(task)
@@ -1034,7 +1351,8 @@ class AsyncTokenManager:
                 account_id=account_id,
             )
             token = replace(token, authorized_at=token.issued_at or time.time())
-            await self._settle(account_id)
+            # The code is spent: its tokens are saved even if aclose() began meanwhile.
+            await self._settle(account_id, closing=True)
             async with self._store_lock(account_id):
                 await self._save_to_the_end(account_id, token)
             self._replace(account_id)
@@ -1047,6 +1365,7 @@ class AsyncTokenManager:
                 getattr(exc, "attempts", None),
                 "authorization_code",
             )
+            self._raise_if_closing(exc)
             raise
         self._install(account_id, token)
         self._audit("code-exchange", account_id, "ok", started, attempts, "authorization_code")
@@ -1086,14 +1405,14 @@ class AsyncTokenManager:
             self._replace(account_id)
             if not known:
                 raise AccountNotFoundError(account_id)
-            with self._store_errors(f"delete account {account_id!r}"):
-                await self.store.delete(account_id)
+            await self._in_store(
+                f"delete account {account_id!r}", lambda: self.store.delete(account_id), None
+            )
         audit_logger.info("remove-account account=%r outcome=ok", account_id)
 
     async def accounts(self) -> list[str]:
         """The account ids in the store, sorted."""
-        with self._store_errors("list accounts"):
-            return sorted(await self.store.accounts())
+        return sorted(await self._in_store("list accounts", self.store.accounts, None))
 
     async def status(self, account_id: str) -> AccountStatus:
         """Where ``account_id`` stands: fresh, due, expired or needs-reauth, with its expiry.
@@ -1183,7 +1502,7 @@ class AsyncTokenManager:
             except Exception as exc:
                 self._hook_failed("on_reauth_due", exc, account_id)
 
-        return self._track(finish(), must_finish=False)
+        return self._track(finish(), must_finish=False, account_id=account_id)
 
     @staticmethod
     def _hook_failed(name: str, exc: Exception, account_id: str) -> None:

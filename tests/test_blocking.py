@@ -335,6 +335,7 @@ def test_a_call_waiting_when_the_manager_closes_raises_manager_closed(
         amazon.client_secret,
         store=at.MemoryTokenStore(),
         token_url=amazon.token_url,
+        request_timeout=1.0,  # how long close() lets a request already sent go on
     )
     mgr.add_account("acct", amazon.issue_refresh_token("acct"))
     amazon.latency = 30.0
@@ -427,7 +428,11 @@ EXIT_WITHOUT_CLOSE = textwrap.dedent(
 
     token_url, refresh_token, mode = sys.argv[1:]
     mgr = at.BlockingTokenManager(
-        "emu-client-id", "emu-client-secret", store=at.MemoryTokenStore(), token_url=token_url
+        "emu-client-id",
+        "emu-client-secret",
+        store=at.MemoryTokenStore(),
+        token_url=token_url,
+        request_timeout=1.0,
     )
     mgr.add_account("acct", refresh_token)
     if mode == "idle":

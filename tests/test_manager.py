@@ -381,17 +381,30 @@ async def test_leaving_async_with_leaves_no_task_and_no_unclosed_session(
     store = at.MemoryTokenStore()
     before = asyncio.all_tasks()
     async with at.AsyncTokenManager(
-        emulator.client_id, emulator.client_secret, store=store, token_url=emulator.token_url
+        emulator.client_id,
+        emulator.client_secret,
+        store=store,
+        token_url=emulator.token_url,
+        max_concurrent_refreshes=1,
     ) as mgr:
         for n in range(5):
             await mgr.add_account(f"a{n}", emulator.issue_refresh_token(f"a{n}"))
             await mgr.get_access_token(f"a{n}")
         emulator.latency = 1.0
         await seed(emulator, store, "late", expires_in=-1)
+        await seed(emulator, store, "queued", expires_in=-1)
         pending = asyncio.ensure_future(mgr.get_access_token("late"))
         await asyncio.sleep(0.05)
+        queued = asyncio.ensure_future(mgr.get_access_token("queued"))
+        await asyncio.sleep(0.05)
+    # The request already sent was let finish, and its token saved...
+    saved = await store.load("late")
+    assert saved is not None
+    assert await pending == saved.access_token
+    # ...the one still queued for the endpoint was not sent.
     with pytest.raises(at.ManagerClosedError, match="closed while this call waited"):
-        await pending  # the caller was not cancelled: it is told why it got no token
+        await queued  # the caller was not cancelled: it is told why it got no token
+    assert emulator.token_requests_for("queued") == 0
     await emulator.close()  # its own handler tasks are not ours to count
     gc.collect()
     assert asyncio.all_tasks() == before

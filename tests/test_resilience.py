@@ -358,8 +358,11 @@ async def test_aclose_stops_timers_and_background_refreshes(
         for n in range(20):
             await mgr.add_account(f"a{n}", emulator.issue_refresh_token(f"a{n}"))
             await mgr.get_access_token(f"a{n}")
-        emulator.latency = 5.0  # a background refresh may be in flight when we leave
+        emulator.latency = 1.0  # a background refresh may be in flight when we leave
         await asyncio.sleep(1.6)
+    # aclose() let the requests already sent finish: the emulator has answered (and
+    # counted) every one of them, so nothing sent before the close is counted after it.
+    assert emulator.in_flight == 0
     requests = emulator.token_requests
     await asyncio.sleep(2.0)
     assert emulator.token_requests == requests  # no timer fired after close

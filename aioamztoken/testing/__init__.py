@@ -65,9 +65,9 @@ Synchronous or multi-process tests run it on a thread of its own::
 
 Concurrency: the server runs on the event loop that called :meth:`AmazonEmulator.start`.
 The methods that change state (``issue_*``, ``revoke*``, ``expire_access_tokens``,
-``fail_next``, ``api_fail_next``, ``reset_counters``) take an internal lock and may be
-called from any thread; counters and logs are plain ints and lists, safe to read from
-any thread.
+``fail_next``, ``spoil_next_answers``, ``api_fail_next``, ``reset_counters``) take an
+internal lock and may be called from any thread; counters and logs are plain ints and
+lists, safe to read from any thread.
 """
 
 from aioamztoken.testing._emulator import (

@@ -24,6 +24,7 @@ from aiohttp import hdrs, web
 from aioamztoken._lwa import pkce_challenge
 from aioamztoken.testing import _consent
 from aioamztoken.testing._client_auth import ClientAuthPolicy
+from aioamztoken.testing._faults import TokenAnswerFaults
 from aioamztoken.testing._spapi import SpApiEmulation
 
 __all__ = ["AmazonEmulator", "ApiRequestRecord", "DownloadRequestRecord", "TokenRequestRecord"]
@@ -173,7 +174,7 @@ class _ApiCall:
 _ApiEndpoint = Callable[[_ApiCall], Awaitable[web.StreamResponse]]
 
 
-class AmazonEmulator(_consent.ConsentPages, SpApiEmulation):
+class AmazonEmulator(_consent.ConsentPages, SpApiEmulation, TokenAnswerFaults):
     """Login with Amazon and the Ads API on a loopback port, with knobs for tests.
 
     Options (all keyword-only) and their defaults:
@@ -747,14 +748,17 @@ class AmazonEmulator(_consent.ConsentPages, SpApiEmulation):
         expires_in: int | float | str = int(lifetime) if lifetime == int(lifetime) else lifetime
         if self.expires_in_as_string:
             expires_in = str(expires_in)
+        payload = {
+            "access_token": access_token,
+            "refresh_token": refresh_token,
+            "token_type": "bearer",
+            "expires_in": expires_in,
+        }
+        spoiled = self._spoiled_answer(payload)  # spoil_next_answers(), in _faults
+        if spoiled is not None:
+            return spoiled
         return web.json_response(
-            {
-                "access_token": access_token,
-                "refresh_token": refresh_token,
-                "token_type": "bearer",
-                "expires_in": expires_in,
-            },
-            headers={hdrs.CACHE_CONTROL: "no-store", hdrs.PRAGMA: "no-cache"},
+            payload, headers={hdrs.CACHE_CONTROL: "no-store", hdrs.PRAGMA: "no-cache"}
         )
 
     # -- consent page ------------------------------------------------------------------
