@@ -113,12 +113,19 @@ class TokenEndpointError(AmzTokenError):
 class StorageError(AmzTokenError):
     """A store could not read or write. ``location`` names the file, key or URL involved.
 
-    Data that cannot be read is never overwritten or deleted.
+    ``unavailable`` is true when the store itself did not answer (a connection that
+    failed or timed out, a call that outlasted the refresh's deadline), as opposed to a
+    problem with one account's data: refreshes queued behind such a failure then fail at
+    once with it instead of each waiting to time out. Data that cannot be read is never
+    overwritten or deleted.
     """
 
-    def __init__(self, message: str, *, location: str | None = None) -> None:
+    def __init__(
+        self, message: str, *, location: str | None = None, unavailable: bool = False
+    ) -> None:
         super().__init__(message)
         self.location = location
+        self.unavailable = unavailable
 
 
 class DecryptionError(StorageError):

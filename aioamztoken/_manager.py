@@ -23,6 +23,7 @@ from ._errors import (
     AccountNotFoundError,
     AmzTokenError,
     EventLoopError,
+    InvalidClientError,
     InvalidGrantError,
     ManagerClosedError,
     StorageError,
@@ -85,6 +86,9 @@ CLOSE_GRACE = 0.5
 #: The least time (seconds) a store call gets to save a token the endpoint has issued,
 #: even when the refresh's deadline is closer.
 SAVE_GRACE = 1.0
+#: Seconds after a store stopped answering during which the refreshes that had queued
+#: behind the failed one get its error at once (see ``StorageError.unavailable``).
+STORE_OUTAGE_WINDOW = 1.0
 
 #: How often (seconds) store calls still running are checked against their deadline: a
 #: call that does not answer is given up on at most this long after its deadline.
@@ -354,6 +358,8 @@ class AsyncTokenManager:
         # the caller's task, sparing a task per call (subclasses may do anything: not them).
         self._inline_store = type(store) is MemoryTokenStore
         self._close_waits_for: set[asyncio.Task[Any]] = set()
+        # The last time the store itself stopped answering, and how (see StorageError).
+        self._store_outage: tuple[float, StorageError] | None = None
         # Tokens the endpoint issued but the store failed to save: kept, and saved first.
         self._unsaved: dict[str, Token] = {}
         self._local_locks = KeyedLock()
@@ -384,12 +390,20 @@ class AsyncTokenManager:
         """Use ``client_secrets`` (newest first) from now on, without a restart.
 
         Tokens, timers and refreshes in flight are left alone: a request in flight that
-        is refused tries the new secrets. Raises ``ValueError`` for an empty list.
+        is refused tries the new secrets, and accounts refused with ``invalid_client``
+        try again at once instead of waiting out their backoff. Raises ``ValueError`` for
+        an empty list.
         Safe to call from the manager's loop (from :class:`BlockingTokenManager`, any
         thread).
         """
         before = len(self._secrets)
         self._secrets.replace(client_secrets)
+        # New secrets may cure an invalid_client: accounts it refused try again at once
+        # rather than wait out their backoff.
+        for entry in self._entries.values():
+            if isinstance(entry.refusal, InvalidClientError):
+                entry.refusal = None
+                entry.refused_until = _NEVER
         audit_logger.info(
             "set-client-secrets outcome=ok secrets=%d (was %d)", len(self._secrets), before
         )
@@ -430,25 +444,28 @@ class AsyncTokenManager:
         current = _current_work.get() or asyncio.current_task()
         if self._close_task is None:
             self._closed = True
+            # Stopped here, before any await: a refresh task that has not run yet must not
+            # get the chance to send its request while the close task is being started.
+            work, accounts = self._stop_work(current)
             self._close_task = asyncio.get_running_loop().create_task(
-                self._close(current), name="aioamztoken-close"
+                self._close(work, accounts), name="aioamztoken-close"
             )
             self._close_task.add_done_callback(_retrieve)
         elif current is not None and current in self._close_waits_for:
             return
         await asyncio.shield(self._close_task)
 
-    async def _close(self, caller: asyncio.Task[Any] | None) -> None:
-        self._closed = True
+    def _stop_work(
+        self, caller: asyncio.Task[Any] | None
+    ) -> tuple[set[asyncio.Task[Any]], dict[asyncio.Task[Any], str]]:
+        """The synchronous first step of closing: timers stopped, work that has not reached
+        the endpoint cancelled. Returns the work to wait for, and its accounts."""
         endpoint = self._endpoint
         endpoint.closing = True
         for entry in self._entries.values():
             if entry.timer is not None:
                 entry.timer.cancel()
                 entry.timer = None
-        grantless = getattr(self, "_grantless", None)
-        if grantless is not None:
-            await grantless.aclose()
         accounts = {task: account for account, task in self._inflight.items()}
         accounts.update(self._task_accounts)
         work = {
@@ -462,6 +479,15 @@ class AsyncTokenManager:
             if task not in self._must_finish and task not in endpoint.sending:
                 task.cancel()
         self._close_waits_for = work
+        return work, accounts
+
+    async def _close(
+        self, work: set[asyncio.Task[Any]], accounts: dict[asyncio.Task[Any], str]
+    ) -> None:
+        endpoint = self._endpoint
+        grantless = getattr(self, "_grantless", None)
+        if grantless is not None:
+            await grantless.aclose()
         try:
             if work:
                 _, pending = await asyncio.wait(
@@ -635,6 +661,17 @@ class AsyncTokenManager:
                 "the manager was closed while this call waited for the token endpoint"
             ) from exc
 
+    def _raise_if_store_down(self, queued_at: float) -> None:
+        """A refresh that queued for its turn while the store stopped answering (another
+        refresh's store call failed or timed out since) fails at once with that error."""
+        outage = self._store_outage
+        if outage is None:
+            return
+        failed_at, error = outage
+        if failed_at < queued_at or time.monotonic() - failed_at > STORE_OUTAGE_WINDOW:
+            return
+        raise_without_context(copy.copy(error))
+
     def _raise_if_refused(self, account_id: str) -> None:
         """While a refusal's backoff lasts, callers get it again without a new request."""
         entry = self._entries.get(account_id)
@@ -698,9 +735,11 @@ class AsyncTokenManager:
         unsaved_before = self._unsaved.get(account_id)
         try:
             async with self._refresh_slot():
+                self._raise_if_store_down(started)
                 token, attempts = await self._obtain(account_id, stale, force, generation)
         except asyncio.CancelledError:
             raise
+
         except InvalidGrantError as exc:
             exc.account_id = account_id
             entry = self._entries.get(account_id)
@@ -711,6 +750,10 @@ class AsyncTokenManager:
             await self._hook("on_reauth_required", self.on_reauth_required, account_id)
             raise
         except AmzTokenError as exc:
+            if isinstance(exc, StorageError) and exc.unavailable:
+                # Noted before any await: the refreshes queued behind this one fail with it
+                # at once, rather than each wait its turn to time out on the same store.
+                self._store_outage = (time.monotonic(), exc)
             unsaved = self._unsaved.get(account_id)
             if (
                 unsaved is not None
@@ -976,6 +1019,7 @@ class AsyncTokenManager:
                     f"store did not {action} before the refresh's deadline "
                     f"(retry_budget={self._endpoint.policy.max_time:g} s)",
                     location=repr(self.store),
+                    unavailable=not action.startswith("take the lock"),
                 ) from None
 
     @contextlib.contextmanager
@@ -1042,6 +1086,7 @@ class AsyncTokenManager:
                 f"store did not {action} before the refresh's deadline "
                 f"(retry_budget={self._endpoint.policy.max_time:g} s)",
                 location=repr(self.store),
+                unavailable=True,
             )
         with self._store_errors(action):
             return task.result()

@@ -280,6 +280,7 @@ def test_blocking_manager_takes_several_secrets_and_swaps_them() -> None:
             with pytest.raises(InvalidClientError):
                 mgr.refresh("acme")
             amazon.client_secrets = [OTHER]
+            mgr.set_client_secrets([OTHER])  # also ends the refusal's backoff at once
             mgr.refresh("acme")
             with pytest.raises(ValueError, match="client_secret"):
                 mgr.set_client_secrets([])

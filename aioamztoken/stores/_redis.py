@@ -491,9 +491,13 @@ class RedisTokenStore:
             )
         hidden = (self._password,) if self._password else ()
         reason = redact(str(exc), hidden) or type(exc).__name__
+        exceptions = self._lib.exceptions
         error = StorageError(
             f"Redis at {self.url} failed to {action}: {type(exc).__name__}: {reason}",
             location=self.url,
+            # Redis did not answer (a frozen or unreachable server, no pool connection in
+            # time): not this account's problem, and every other call would fail alike.
+            unavailable=isinstance(exc, (exceptions.ConnectionError, exceptions.TimeoutError)),
         )
         error.__cause__ = scrubbed(exc, hidden)
         return error
