@@ -7,6 +7,7 @@ import contextlib
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -354,22 +355,37 @@ class SQLiteTokenStore:
             )
         except sqlite3.Error as exc:
             raise self._failure(action, exc) from exc
-        try:
-            mode = db.execute("PRAGMA journal_mode=WAL").fetchone()
-            if mode is None or str(mode[0]).lower() != "wal":
-                raise StorageError(
-                    f"SQLite database {self._path} could not be put in WAL mode "
-                    f"(it stays in {mode[0] if mode else 'an unknown'} mode)",
-                    location=str(self._path),
-                )
-            db.execute("PRAGMA synchronous=FULL")
-            db.execute(_SCHEMA)
-        except BaseException as exc:
-            db.close()
-            if isinstance(exc, sqlite3.Error):
-                raise self._failure(action, exc) from exc
-            raise
-        return db
+        # Switching a new database to WAL needs it to itself for a moment, and SQLite may
+        # answer "database is locked" at once rather than wait: retried until the timeout.
+        deadline = time.monotonic() + self.timeout
+        pause = 0.005
+        while True:
+            try:
+                self._prepare(db)
+                return db
+            except sqlite3.OperationalError as exc:
+                busy = "locked" in str(exc) or "busy" in str(exc)
+                if not busy or time.monotonic() + pause > deadline:
+                    db.close()
+                    raise self._failure(action, exc) from exc
+            except BaseException as exc:
+                db.close()
+                if isinstance(exc, sqlite3.Error):
+                    raise self._failure(action, exc) from exc
+                raise
+            time.sleep(pause)  # a worker thread: never the event loop
+            pause = min(pause * 2, 0.1)
+
+    def _prepare(self, db: sqlite3.Connection) -> None:
+        mode = db.execute("PRAGMA journal_mode=WAL").fetchone()
+        if mode is None or str(mode[0]).lower() != "wal":
+            raise StorageError(
+                f"SQLite database {self._path} could not be put in WAL mode "
+                f"(it stays in {mode[0] if mode else 'an unknown'} mode)",
+                location=str(self._path),
+            )
+        db.execute("PRAGMA synchronous=FULL")
+        db.execute(_SCHEMA)
 
     def _failure(self, action: str, exc: sqlite3.Error) -> StorageError:
         if isinstance(exc, sqlite3.DatabaseError) and not isinstance(
