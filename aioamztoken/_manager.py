@@ -23,6 +23,7 @@ from ._errors import (
     AccountNotFoundError,
     AmzTokenError,
     EventLoopError,
+    InvalidClientError,
     InvalidGrantError,
     ManagerClosedError,
     StorageError,
@@ -390,6 +391,11 @@ class AsyncTokenManager:
         """
         before = len(self._secrets)
         self._secrets.replace(client_secrets)
+        for entry in self._entries.values():
+            if isinstance(entry.refusal, InvalidClientError):
+                # That refusal was of the old secrets: the next call tries the new ones.
+                entry.refusal = None
+                entry.refused_until = _NEVER
         audit_logger.info(
             "set-client-secrets outcome=ok secrets=%d (was %d)", len(self._secrets), before
         )

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import time
 
+import pytest
+
+import aioamztoken as at
 from aioamztoken import _sources
 from aioamztoken.testing import AmazonEmulator
 
@@ -31,3 +34,30 @@ async def test_removed_accounts_leave_no_reauth_warning_and_no_rejection_guard(
     await mgr.add_account("kept", refresh_token, authorized_at=granted)
     assert mgr.token_source("kept").guard is mgr.token_source("kept").guard
     assert list(mgr._reauth._warned) == ["kept"]
+
+
+
+async def test_set_client_secrets_ends_the_backoff_of_an_invalid_client_refusal(
+    emulator: AmazonEmulator,
+) -> None:
+    """After a refusal of a wrong secret, set_client_secrets(the right one) lets the next
+    call through (it got the old refusal again until the backoff ended: 7 s measured
+    after 8 s of refusals, up to a minute)."""
+    manager = at.AsyncTokenManager(
+        emulator.client_id,
+        "not-the-secret",
+        store=at.MemoryTokenStore(),
+        token_url=emulator.token_url,
+        min_refresh_interval=60.0,  # the first backoff: a minute
+    )
+    async with manager:
+        await manager.add_account("a", emulator.issue_refresh_token("a"))
+        with pytest.raises(at.InvalidClientError):
+            await manager.get_access_token("a")
+        refused = emulator.token_requests_for("a")
+        with pytest.raises(at.InvalidClientError):  # backing off: no new request
+            await manager.get_access_token("a")
+        assert emulator.token_requests_for("a") == refused
+        manager.set_client_secrets(emulator.client_secret)
+        assert (await manager.get_access_token("a")).startswith("Atza|")
+        assert emulator.token_requests_for("a") == refused + 1
