@@ -280,6 +280,11 @@ def test_blocking_manager_takes_several_secrets_and_swaps_them() -> None:
             with pytest.raises(InvalidClientError):
                 mgr.refresh("acme")
             amazon.client_secrets = [OTHER]
+            # A refusal is answered again at once until its backoff (1 s after the first
+            # refusal, issue 11) ends; then the accepted secret is used.
+            with pytest.raises(InvalidClientError):
+                mgr.refresh("acme")
+            time.sleep(1.5)
             mgr.refresh("acme")
             with pytest.raises(ValueError, match="client_secret"):
                 mgr.set_client_secrets([])
