@@ -385,7 +385,9 @@ class AsyncTokenManager:
         """Use ``client_secrets`` (newest first) from now on, without a restart.
 
         Tokens, timers and refreshes in flight are left alone: a request in flight that
-        is refused tries the new secrets. Raises ``ValueError`` for an empty list.
+        is refused tries the new secrets, and an ``invalid_client`` refusal being backed
+        off is forgotten (the next call tries the new secrets at once). Raises
+        ``ValueError`` for an empty list.
         Safe to call from the manager's loop (from :class:`BlockingTokenManager`, any
         thread).
         """
