@@ -438,6 +438,18 @@ class AsyncTokenManager:
         current = _current_work.get() or asyncio.current_task()
         if self._close_task is None:
             self._closed = True
+            endpoint = self._endpoint
+            endpoint.closing = True
+            # Work that has not reached the endpoint stops now, before the close task runs
+            # (a refresh started just before this call is cancelled before it ever ran).
+            for task in (*self._inflight.values(), *self._cancellable):
+                if not (
+                    task.done()
+                    or task is current
+                    or task in self._must_finish
+                    or task in endpoint.sending
+                ):
+                    task.cancel()
             self._close_task = asyncio.get_running_loop().create_task(
                 self._close(current), name="aioamztoken-close"
             )
