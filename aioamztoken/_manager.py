@@ -1453,6 +1453,11 @@ class AsyncTokenManager:
             await self._in_store(
                 f"delete account {account_id!r}", lambda: self.store.delete(account_id), None
             )
+        # Nothing is kept for a removed account (50,000 add/remove cycles hold nothing).
+        self._reauth.forget(account_id)
+        from ._sources import drop_guard
+
+        drop_guard(self, account_id)
         audit_logger.info("remove-account account=%r outcome=ok", account_id)
 
     async def accounts(self) -> list[str]:

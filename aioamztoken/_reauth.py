@@ -67,3 +67,7 @@ class ReauthWatch:
             return None
         self._warned[account_id] = due
         return due
+
+    def forget(self, account_id: str) -> None:
+        """Drop what is remembered of ``account_id`` (it was removed)."""
+        self._warned.pop(account_id, None)

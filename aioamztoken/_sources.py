@@ -54,6 +54,16 @@ def shared_guard(owner: object, key: str) -> RejectionGuard:
         return guard
 
 
+def drop_guard(owner: object, key: str) -> None:
+    """Forget the guard of ``key`` under ``owner`` (the account was removed)."""
+    with _guards_lock:
+        by_key = _guards.get(owner)
+        if by_key is not None:
+            by_key.pop(key, None)
+            if not by_key:
+                del _guards[owner]
+
+
 class AccountTokenSource:
     """An account's tokens from an :class:`AsyncTokenManager`, for async adapters."""
 
